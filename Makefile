@@ -1,0 +1,52 @@
+# make demo: create .venv, install, run the main job on the bundled induction-2l model.
+# make test: create .venv (transformer-lens 4.x) and .venv-tl2 (transformer-lens 2.18), lint,
+#            type-check, and run the whole suite on both.
+# TORCH picks the torch build: the default is the CPU wheel; on a GPU machine use e.g.
+#   make test TORCH="torch>=2.2" TORCH_INDEX=https://download.pytorch.org/whl/cu124
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+TL4 ?= transformer-lens>=4.3,<5
+TL2 ?= transformer-lens==2.18.0
+# transformer-lens 2.18 pins numpy<2 but pulls a pyarrow/datasets that need numpy 2.
+TL2_EXTRA ?= "pyarrow<21" "datasets<5"
+PIP_FLAGS ?= -q --disable-pip-version-check
+INDEX_FLAG = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+
+.PHONY: demo test lint typecheck test-tl4 test-tl2 bench clean
+
+.venv/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install $(PIP_FLAGS) "$(TORCH)" $(INDEX_FLAG)
+	.venv/bin/pip install $(PIP_FLAGS) -e ".[dev]" "$(TORCH)" "$(TL4)" $(INDEX_FLAG)
+	touch $@
+
+.venv-tl2/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv .venv-tl2
+	.venv-tl2/bin/pip install $(PIP_FLAGS) "$(TORCH)" $(INDEX_FLAG)
+	.venv-tl2/bin/pip install $(PIP_FLAGS) -e ".[dev]" "$(TORCH)" "$(TL2)" $(TL2_EXTRA) $(INDEX_FLAG)
+	touch $@
+
+demo: .venv/.installed
+	.venv/bin/tl-submodels discover --model induction-2l --task induction --out out/induction-2l.circuit.json
+
+lint: .venv/.installed
+	.venv/bin/ruff check tl_submodels tests scripts
+	.venv/bin/ruff format --check tl_submodels tests scripts
+
+typecheck: .venv/.installed
+	.venv/bin/mypy tl_submodels
+
+test-tl4: .venv/.installed
+	.venv/bin/python -m pytest tests
+
+test-tl2: .venv-tl2/.installed
+	.venv-tl2/bin/python -m pytest tests
+
+test: lint typecheck test-tl4 test-tl2
+
+bench: .venv/.installed
+	.venv/bin/python scripts/bench_patching.py
+
+clean:
+	rm -rf .venv .venv-tl2 out

@@ -1,0 +1,137 @@
+"""Exact patching against TransformerLens' own patching functions, and its guarantees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_same_weights, hook_count, make_mlp_task, weights_snapshot
+from transformer_lens import patching
+
+import tl_submodels as tls
+
+TOL = 1e-4
+
+
+def tl_reference(model, task, fn):
+    _, cache = model.run_with_cache(task.clean)
+    return fn(model, task.corrupt, cache, task.metric)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_heads_and_mlps_equal_transformer_lens(which, fast, request):
+    model = request.getfixturevalue(f"{which}_model")
+    task = request.getfixturevalue(f"{which}_task")
+    scores = tls.patch(model, task, kinds="heads", fast=fast)
+    ref = tl_reference(model, task, patching.get_act_patch_attn_head_out_all_pos)
+    assert (scores.raw_heads - ref).abs().max() <= TOL
+    by_pos = tls.patch(model, task, kinds="heads", per_position=True, fast=fast)
+    ref_pos = tl_reference(model, task, patching.get_act_patch_attn_head_out_by_pos)
+    assert by_pos.raw_heads.shape == ref_pos.shape
+    assert (by_pos.raw_heads - ref_pos).abs().max() <= TOL
+    if which == "mlp":
+        mlps = tls.patch(model, task, kinds="mlps", per_position=True, fast=fast)
+        ref_mlp = tl_reference(model, task, patching.get_act_patch_mlp_out)
+        assert (mlps.raw_mlps - ref_mlp).abs().max() <= TOL
+
+
+def test_normalisation_and_baselines(induction_model, induction_task):
+    s = tls.patch(induction_model, induction_task, kinds="heads")
+    clean = float(induction_task.metric(induction_model(induction_task.clean)))
+    corrupt = float(induction_task.metric(induction_model(induction_task.corrupt)))
+    assert s.clean_metric == pytest.approx(clean, abs=1e-4)
+    assert s.corrupt_metric == pytest.approx(corrupt, abs=1e-4)
+    torch.testing.assert_close(s.heads, (s.raw_heads - corrupt) / (clean - corrupt), atol=1e-4, rtol=0)
+    noise = tls.patch(induction_model, induction_task, kinds="heads", direction="noising")
+    torch.testing.assert_close(noise.heads, (clean - noise.raw_heads) / (clean - corrupt), atol=1e-4, rtol=0)
+
+
+def test_noising_equals_transformer_lens_with_roles_swapped(mlp_model, mlp_task):
+    s = tls.patch(mlp_model, mlp_task, kinds=("heads", "mlps"), direction="noising", per_position=True)
+    _, cache = mlp_model.run_with_cache(mlp_task.corrupt)
+    ref = patching.get_act_patch_attn_head_out_by_pos(mlp_model, mlp_task.clean, cache, mlp_task.metric)
+    assert (s.raw_heads - ref).abs().max() <= TOL
+    ref_mlp = patching.get_act_patch_mlp_out(mlp_model, mlp_task.clean, cache, mlp_task.metric)
+    assert (s.raw_mlps - ref_mlp).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_neurons_equal_one_hook_per_neuron(mlp_model, mlp_task, fast):
+    s = tls.patch(mlp_model, mlp_task, kinds="neurons", fast=fast, batch_size=50)
+    _, cache = mlp_model.run_with_cache(mlp_task.clean)
+    for layer, neuron in [(0, 0), (0, 63), (1, 17), (2, 5)]:
+        name = f"blocks.{layer}.mlp.hook_post"
+
+        def hook(act, hook, n=neuron, name=name):
+            act[:, :, n] = cache[name][:, :, n]
+            return act
+
+        logits = mlp_model.run_with_hooks(mlp_task.corrupt, fwd_hooks=[(name, hook)])
+        assert float(s.raw_neurons[layer, neuron]) == pytest.approx(float(mlp_task.metric(logits)), abs=TOL)
+
+
+def test_batching_does_not_change_results(mlp_model, mlp_task):
+    a = tls.patch(mlp_model, mlp_task, kinds=("heads", "mlps"), batch_size=6)
+    b = tls.patch(mlp_model, mlp_task, kinds=("heads", "mlps"), batch_size=10_000)
+    torch.testing.assert_close(a.raw_heads, b.raw_heads, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.raw_mlps, b.raw_mlps, atol=1e-5, rtol=0)
+
+
+def test_per_example_positions_and_other_metrics(mlp_model):
+    pos = torch.tensor([7, 11, 9, 11, 8, 10])
+    for metric in ("logprob", "prob", "kl"):
+        task = make_mlp_task(mlp_model, position=pos, metric=metric)
+        s = tls.patch(mlp_model, task, kinds="heads")
+        ref = tl_reference(mlp_model, task, patching.get_act_patch_attn_head_out_all_pos)
+        assert (s.raw_heads - ref).abs().max() <= TOL, metric
+
+
+def test_no_hooks_left_and_weights_untouched(mlp_model, mlp_task):
+    snap, hooks = weights_snapshot(mlp_model), hook_count(mlp_model)
+    tls.patch(mlp_model, mlp_task, kinds=("heads", "neurons", "mlps"), fast=False)
+    tls.patch(mlp_model, mlp_task, kinds=("heads", "neurons", "mlps"))
+    assert hook_count(mlp_model) == hooks
+    assert_same_weights(mlp_model, snap)
+
+
+def test_metric_raising_midway_leaves_no_hook(mlp_model):
+    calls = {"n": 0}
+
+    def flaky(logits, task):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("boom")
+        return logits[:, 0] - logits[:, 1]
+
+    task = make_mlp_task(mlp_model, metric=flaky)
+    snap, hooks = weights_snapshot(mlp_model), hook_count(mlp_model)
+    for fast in (True, False):
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="boom"):
+            tls.patch(mlp_model, task, kinds="heads", fast=fast, batch_size=6)
+        assert hook_count(mlp_model) == hooks
+    assert_same_weights(mlp_model, snap)
+
+
+def test_bad_input(mlp_model, mlp_task, induction_model, induction_task):
+    with pytest.raises(tls.TLSubmodelsError, match="kind"):
+        tls.patch(mlp_model, mlp_task, kinds="attention")
+    with pytest.raises(tls.TLSubmodelsError, match="attention-only"):
+        tls.patch(induction_model, induction_task, kinds="neurons")
+    with pytest.raises(tls.TLSubmodelsError, match="d_vocab"):
+        tls.patch(induction_model, mlp_task)
+    same = mlp_task.replace(corrupt=mlp_task.clean)
+    with pytest.raises(tls.TLSubmodelsError, match="no gap"):
+        tls.patch(mlp_model, same)
+
+    def nan_metric(logits, task):
+        return logits[:, 0] * float("nan")
+
+    with pytest.raises(tls.TLSubmodelsError, match="NaN"):
+        tls.patch(mlp_model, make_mlp_task(mlp_model, metric=nan_metric))
+
+    def scalar_metric(logits, task):
+        return logits[:, 0].mean()
+
+    with pytest.raises(tls.TLSubmodelsError, match="one value per example"):
+        tls.patch(mlp_model, make_mlp_task(mlp_model, metric=scalar_metric))

@@ -1,0 +1,48 @@
+"""tl_submodels: find, validate and use the sub-models a TransformerLens model uses for a behaviour.
+
+Example:
+    >>> import tl_submodels as tls
+    >>> model = tls.zoo.load("induction-2l")
+    >>> task = tls.zoo.task("induction-2l", "induction", n=32)
+    >>> scores = tls.patch(model, task)
+    >>> circuit = tls.find_circuit(model, task, target=0.9)
+    >>> result = tls.evaluate(model, circuit, task, ablation="mean")
+"""
+
+from tl_submodels import zoo
+from tl_submodels.ablation import ablated, ablation_hooks, complement
+from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
+from tl_submodels.discovery import find_circuit
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.model import TL_LINE, ModelInfo, check_model
+from tl_submodels.patching import patch
+from tl_submodels.scores import Scores
+from tl_submodels.submodel import SubModel
+from tl_submodels.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "TL_LINE",
+    "Component",
+    "Evaluation",
+    "Head",
+    "ModelInfo",
+    "Neuron",
+    "Scores",
+    "SubModel",
+    "TLSubmodelsError",
+    "Task",
+    "__version__",
+    "ablated",
+    "ablation_hooks",
+    "check_model",
+    "complement",
+    "evaluate",
+    "find_circuit",
+    "parse_component",
+    "patch",
+    "zoo",
+]

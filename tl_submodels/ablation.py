@@ -1,0 +1,194 @@
+"""Ablation hooks: replace components' activations by zero, a mean, a resample or a patch.
+
+The primary output is a plain TransformerLens ``fwd_hooks`` list, so it works with
+``model.run_with_hooks(tokens, fwd_hooks=hooks)``, ``with model.hooks(fwd_hooks=hooks)``,
+``model.run_with_cache`` under those hooks, and generation. :func:`ablated` is a context manager
+over ``model.hooks``, so TransformerLens' own nesting and cleanup apply.
+
+Zero and (all-position) mean ablation do not depend on the sequence length, so they work for any
+prompt and during generation. Per-position means, resampling and patching take values position
+by position from a reference run and need runs no longer than it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_submodels import model as tlmodel
+from tl_submodels.components import MLP, Component, Head, Kind, Neuron, parse_component
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SubModel
+
+Ablation = Literal["zero", "mean", "resample", "patch"]
+ABLATIONS: tuple[Ablation, ...] = ("zero", "mean", "resample", "patch")
+HookFn = Callable[..., Tensor]
+
+
+def complement(model: Any, sub: SubModel | Iterable[Component | str]) -> list[Component]:
+    """Every component of the model outside ``sub``: the part that ``keep_only`` ablates.
+
+    Heads not in ``sub``; for each layer's MLP: nothing if ``MLP{l}`` is kept, the other neurons if
+    some of its neurons are kept, else the whole ``MLP{l}``.
+
+    Example:
+        >>> [str(c) for c in complement(model, ["L0H0", "L0H1", "L0H2", "L1H0"])]  # doctest: +SKIP
+        ['L0H3', 'L1H1', 'L1H2', 'L1H3']
+    """
+    info = tlmodel.model_info(model)
+    kept = {parse_component(c).without_pos() for c in sub}
+    out: list[Component] = [c for c in info.components(("heads",)) if c not in kept]
+    if info.has_mlps:
+        for layer in range(info.n_layers):
+            if MLP(layer) in kept:
+                continue
+            neurons = {c for c in kept if isinstance(c, Neuron) and c.layer == layer}
+            if neurons:
+                out += [Neuron(layer, n) for n in range(info.d_mlp or 0) if Neuron(layer, n) not in neurons]
+            else:
+                out.append(MLP(layer))
+    return sorted(out)
+
+
+def ablation_hooks(
+    model: Any,
+    sub: SubModel | Iterable[Component | str],
+    *,
+    ablation: Ablation = "zero",
+    reference: Int[Tensor, "batch pos"] | None = None,
+    per_position: bool = False,
+    seed: int = 0,
+    keep_only: bool = False,
+) -> list[tuple[str, HookFn]]:
+    """Forward hooks that ablate the components of ``sub`` (or everything else, ``keep_only``).
+
+    Args:
+        model: a TransformerLens model.
+        sub: a SubModel or components / strings (``"L1H3"``, ``"L0N17"``, ``"MLP2"``, ``"L1H3@5"``).
+        ablation: ``"zero"``; ``"mean"`` over all positions of ``reference`` (per position with
+            ``per_position=True``); ``"resample"``: the activation of a random reference prompt
+            (seeded) at the same position; ``"patch"``: the reference run's activation, row for
+            row (reference batch equal to the run's, or 1).
+        reference: token ids ``[batch, pos]`` for mean, resample and patch.
+        per_position: mean per position instead of over all positions.
+        seed: the resample seed; a forward with the same inputs resamples the same rows.
+        keep_only: ablate the complement of ``sub`` instead (see :func:`complement`).
+
+    Returns:
+        ``[(hook_name, hook_fn), ...]`` for ``fwd_hooks``.
+
+    Raises:
+        TLSubmodelsError: unknown ablation, missing reference, components out of range.
+
+    Example:
+        >>> hooks = tls.ablation_hooks(model, ["L1H0", "L1H1"], ablation="mean", reference=task.corrupt)  # doctest: +SKIP
+        >>> logits = model.run_with_hooks(task.clean, fwd_hooks=hooks)  # doctest: +SKIP
+    """
+    if ablation not in ABLATIONS:
+        raise TLSubmodelsError(f"unknown ablation {ablation!r}: choose from {ABLATIONS}")
+    comps = [parse_component(c) for c in sub]
+    info = tlmodel.model_info(model)
+    for c in comps:
+        info.check_component(c)
+    targets = complement(model, comps) if keep_only else comps
+    if not targets:
+        return []
+    tlmodel.check_model(model, tuple({c.kind for c in targets}), training_ok=True)
+    groups: dict[tuple[Kind, int], list[Component]] = defaultdict(list)
+    for c in targets:
+        groups[(c.kind, c.layer)].append(c)
+    names = {tlmodel.site_hook(kind, layer): (kind, layer) for kind, layer in groups}
+
+    ref_acts: dict[str, Tensor] = {}
+    if ablation != "zero":
+        if reference is None:
+            raise TLSubmodelsError(f"ablation={ablation!r} needs reference=token ids [batch, pos] (e.g. task.corrupt)")
+        reference = torch.as_tensor(reference)
+        if reference.ndim != 2:
+            raise TLSubmodelsError(f"reference must be token ids [batch, pos], got shape {list(reference.shape)}")
+        _, ref_acts = tlmodel.run_cache(model, reference.to(tlmodel.first_param_device(model)), names)
+        if ablation == "mean":
+            ref_acts = {n: a.mean(0) if per_position else a.mean((0, 1)) for n, a in ref_acts.items()}
+
+    hooks = []
+    for name, (kind, layer) in names.items():
+        hooks.append((name, _make_hook(kind, groups[(kind, layer)], ablation, ref_acts.get(name), per_position, seed)))
+    return hooks
+
+
+def _make_hook(kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int) -> HookFn:
+    """One hook for one site: replaces the listed units (at their positions) by the ablation value."""
+    all_pos_units = sorted({_unit(c) for c in comps if c.pos is None})
+    pos_units = sorted({(c.pos, _unit(c)) for c in comps if c.pos is not None})
+    n_ref = None if ref is None else ref.shape[0]
+
+    def value_for(act: Tensor) -> Tensor:
+        batch, seq = act.shape[:2]
+        if ablation == "zero" or ref is None:
+            return act.new_zeros(())
+        if ablation == "mean" and not per_position:
+            return ref.to(act.device, act.dtype)
+        ref_len = ref.shape[0] if ablation == "mean" else ref.shape[1]
+        if seq > ref_len:
+            raise TLSubmodelsError(
+                f"{ablation} ablation{' (per position)' if ablation == 'mean' else ''} takes values position by position "
+                f"from the reference, which has {ref_len} positions, but this run has {seq}. "
+                "Use a longer reference, or ablation='mean' / 'zero', which work at any length."
+            )
+        if ablation == "mean":
+            return ref[:seq].to(act.device, act.dtype)
+        if ablation == "resample":
+            gen = torch.Generator().manual_seed(seed)
+            rows = torch.randint(int(n_ref or 1), (batch,), generator=gen)
+            return ref[rows, :seq].to(act.device, act.dtype)
+        if ref.shape[0] not in (1, batch):
+            raise TLSubmodelsError(f"patch ablation: the reference has {ref.shape[0]} rows but the run has {batch}; pass one per row, or 1")
+        return ref[:, :seq].to(act.device, act.dtype)
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        seq = act.shape[1]
+        n_units = 1 if kind == "mlps" else act.shape[2]
+        mask = torch.zeros(seq, n_units, dtype=torch.bool, device=act.device)
+        if all_pos_units:
+            mask[:, all_pos_units] = True
+        for pos, unit in pos_units:
+            if pos < seq:
+                mask[pos, unit] = True
+        if kind == "heads":
+            m = mask[None, :, :, None]
+        elif kind == "neurons":
+            m = mask[None]
+        else:
+            m = mask[None, :, :]  # [1, seq, 1] over d_model
+        return torch.where(m, value_for(act), act)
+
+    return hook
+
+
+def _unit(c: Component) -> int:
+    if isinstance(c, Head):
+        return c.head
+    if isinstance(c, Neuron):
+        return c.neuron
+    return 0
+
+
+@contextmanager
+def ablated(model: Any, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> Iterator[Any]:
+    """Run anything on ``model`` with ``sub`` ablated; hooks are removed on exit, also on error.
+
+    Takes the keyword arguments of :func:`ablation_hooks`. Delegates to ``model.hooks``.
+
+    Example:
+        >>> with tls.ablated(model, circuit, ablation="zero"):  # doctest: +SKIP
+        ...     out = model.generate(prompt, max_new_tokens=5)
+    """
+    hooks = ablation_hooks(model, sub, **kwargs)
+    with model.hooks(fwd_hooks=hooks):
+        yield model

@@ -1,0 +1,435 @@
+"""The model contract: what tl_submodels needs of a model, and the one place that knows TL lines.
+
+tl_submodels works with any object that has TransformerLens' hook names and a ``cfg`` with
+``n_layers, n_heads, d_head, d_model, d_mlp``: transformer-lens 4.x ``TransformerBridge`` (native or
+over a HuggingFace model) and transformer-lens 2.x ``HookedTransformer``. Every hook name used by
+the package is built here, and so is every call whose spelling differs between the two lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron
+from tl_submodels.errors import TLSubmodelsError, did_you_mean
+
+try:  # transformer-lens 4.x
+    from transformer_lens.model_bridge import TransformerBridge
+
+    TL_LINE = 4
+except ImportError:  # transformer-lens 2.x
+    TransformerBridge = None
+    TL_LINE = 2
+
+EXPECTED = (
+    "a TransformerLens model: transformer-lens 4.x TransformerBridge or transformer-lens 2.x "
+    "HookedTransformer (or any model with the same hook names and a cfg with n_layers, n_heads, "
+    "d_head, d_model, d_mlp)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook names: the only place they are spelled.
+
+
+def hook_z(layer: int) -> str:
+    """Per-head attention output before W_O: ``[batch, pos, head_index, d_head]``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def hook_post(layer: int) -> str:
+    """MLP neuron activations: ``[batch, pos, d_mlp]``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def hook_mlp_out(layer: int) -> str:
+    """MLP layer output: ``[batch, pos, d_model]``."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def hook_resid_pre(layer: int) -> str:
+    """Residual stream entering a block: ``[batch, pos, d_model]``."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def hook_pattern(layer: int) -> str:
+    """Attention pattern: ``[batch, head_index, query_pos, key_pos]``."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def hook_k(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_k"
+
+
+def hook_v(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_v"
+
+
+def site_hook(kind: Kind, layer: int) -> str:
+    """The hook point where components of ``kind`` live in ``layer``."""
+    return {"heads": hook_z, "neurons": hook_post, "mlps": hook_mlp_out}[kind](layer)
+
+
+def component_hook(c: Component) -> str:
+    """The hook point of one component, e.g. ``L1H3`` -> ``blocks.1.attn.hook_z``."""
+    return site_hook(c.kind, c.layer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract.
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What tl_submodels reads off a model's cfg.
+
+    Example:
+        >>> info = model_info(model)  # doctest: +SKIP
+        >>> info.n_layers, info.n_heads
+        (2, 4)
+    """
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int | None
+    d_vocab: int
+    n_ctx: int
+    attn_only: bool
+
+    @property
+    def has_mlps(self) -> bool:
+        return not self.attn_only and bool(self.d_mlp)
+
+    def kinds(self) -> tuple[Kind, ...]:
+        """The component kinds this model has."""
+        return KINDS if self.has_mlps else ("heads",)
+
+    def n_units(self, kind: Kind) -> int:
+        """Units per layer: heads, neurons, or 1 MLP."""
+        return {"heads": self.n_heads, "neurons": self.d_mlp or 0, "mlps": 1}[kind]
+
+    def check_component(self, c: Component) -> None:
+        """Raise if ``c`` is not in this model."""
+        if c.layer >= self.n_layers:
+            raise TLSubmodelsError(
+                f"{c}: layer {c.layer} out of range; this model has n_layers={self.n_layers} "
+                f"(layers 0-{self.n_layers - 1})"
+            )
+        if c.kind != "heads" and not self.has_mlps:
+            raise TLSubmodelsError(f"{c}: this model is attention-only and has no MLP neurons or layers")
+        if isinstance(c, Head) and c.head >= self.n_heads:
+            raise TLSubmodelsError(
+                f"{c}: head {c.head} out of range; this model has n_heads={self.n_heads} (heads 0-{self.n_heads - 1})"
+            )
+        if isinstance(c, Neuron) and c.neuron >= (self.d_mlp or 0):
+            raise TLSubmodelsError(
+                f"{c}: neuron {c.neuron} out of range; this model has d_mlp={self.d_mlp} (neurons 0-{(self.d_mlp or 1) - 1})"
+            )
+        if c.pos is not None and c.pos >= self.n_ctx:
+            raise TLSubmodelsError(f"{c}: position {c.pos} out of range; this model has n_ctx={self.n_ctx}")
+
+    def components(self, kinds: Iterable[Kind]) -> list[Component]:
+        """Every component of the given kinds, in forward order."""
+        out: list[Component] = []
+        for layer in range(self.n_layers):
+            for kind in kinds:
+                if kind == "heads":
+                    out += [Head(layer, h) for h in range(self.n_heads)]
+                elif kind == "neurons" and self.has_mlps:
+                    out += [Neuron(layer, n) for n in range(self.d_mlp or 0)]
+                elif kind == "mlps" and self.has_mlps:
+                    out.append(MLP(layer))
+        return sorted(out)
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Read the contract fields off ``model.cfg``; refuse objects that are not TL models.
+
+    Raises:
+        TLSubmodelsError: when ``model`` has no cfg or the cfg lacks a field.
+
+    Example:
+        >>> model_info(tls.zoo.load("induction-2l")).n_layers  # doctest: +SKIP
+        2
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(model, "hook_dict"):
+        raise TLSubmodelsError(f"expected {EXPECTED}; got {type(model).__name__}, which has no cfg or hook_dict")
+    missing = [f for f in ("n_layers", "n_heads", "d_head", "d_model", "d_vocab") if getattr(cfg, f, None) is None]
+    if missing:
+        raise TLSubmodelsError(f"model.cfg lacks {missing}; expected {EXPECTED}")
+    attn_only = bool(getattr(cfg, "attn_only", False))
+    d_mlp = getattr(cfg, "d_mlp", None)
+    return ModelInfo(
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
+        d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model),
+        d_mlp=None if attn_only or not d_mlp or d_mlp < 0 else int(d_mlp),
+        d_vocab=int(cfg.d_vocab),
+        n_ctx=int(getattr(cfg, "n_ctx", 0) or 0) or 1 << 30,
+        attn_only=attn_only,
+    )
+
+
+def check_model(model: Any, kinds: Sequence[Kind] = ("heads",), *, training_ok: bool = False) -> ModelInfo:
+    """Check that ``model`` can be analysed for ``kinds`` and return its :class:`ModelInfo`.
+
+    Refuses: objects that are not TL models, models in training mode (dropout makes patching
+    meaningless), and models lacking a needed hook point (the message names the hook).
+
+    Example:
+        >>> check_model(model, ("heads",)).n_heads  # doctest: +SKIP
+        4
+    """
+    info = model_info(model)
+    if getattr(model, "training", False) and not training_ok:
+        raise TLSubmodelsError(
+            f"{type(model).__name__} is in training mode: dropout would make every patched run "
+            "differ at random. Call model.eval() first."
+        )
+    needed = [hook_resid_pre(0)]
+    for kind in kinds:
+        if kind != "heads" and not info.has_mlps:
+            raise TLSubmodelsError(f"kind {kind!r} needs MLPs, but this model is attention-only; use kinds=('heads',)")
+        needed += [site_hook(kind, layer) for layer in range(info.n_layers)]
+    hook_dict = model.hook_dict
+    for name in needed:
+        if name not in hook_dict:
+            raise TLSubmodelsError(
+                f"{type(model).__name__} has no hook point {name!r}; tl_submodels needs {EXPECTED}."
+                + did_you_mean(name, hook_dict)
+            )
+    return info
+
+
+def is_attention_causal(model: Any) -> bool:
+    return getattr(model.cfg, "attention_dir", "causal") == "causal"
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls that differ between the lines.
+
+
+def supports_start_at_layer(model: Any) -> bool:
+    """True where ``model(resid, start_at_layer=l)`` skips the blocks before ``l``.
+
+    TL 2's HookedTransformer does. TL 4's TransformerBridge accepts the argument but still runs
+    the earlier blocks (it re-injects the residual at block ``l``), so nothing is saved there.
+    """
+    return TL_LINE == 2 and type(model).__name__ == "HookedTransformer"
+
+
+def first_param_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def build_from_tl_checkpoint(cfg: dict[str, Any], state_dict: dict[str, Tensor], device: str | None = None) -> Any:
+    """Build an eval-mode model from a HookedTransformer-layout state dict, on either TL line.
+
+    On TL 4 this is ``TransformerBridge.boot_native`` plus ``convert_tl_checkpoint``; on TL 2 a
+    ``HookedTransformer``. Used by the zoo.
+    """
+    if TL_LINE == 4:
+        from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+        model = TransformerBridge.boot_native(dict(cfg, seed=0), device=device)
+        model.load_state_dict(convert_tl_checkpoint(state_dict, model.cfg), strict=True)
+    else:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(**cfg, device=device or "cpu"))
+        result = model.load_state_dict(state_dict, strict=False)
+        stray = [k for k in result.missing_keys if not k.endswith((".mask", ".IGNORE"))]
+        if stray or result.unexpected_keys:
+            raise TLSubmodelsError(
+                f"checkpoint does not match the config: missing {stray}, unexpected {result.unexpected_keys}"
+            )
+    model.eval()
+    return model
+
+
+def tokenize(model: Any, text: str, *, prepend_bos: bool = True) -> list[int]:
+    """Token ids of ``text`` through the model's tokenizer."""
+    if getattr(model, "tokenizer", None) is None:
+        raise TLSubmodelsError(
+            f"{type(model).__name__} has no tokenizer, so prompts cannot be tokenized; "
+            "build the task from token ids with Task.from_tokens(model, clean=..., corrupt=..., answer=...)"
+        )
+    return [int(t) for t in model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()]
+
+
+def single_token(model: Any, text: str) -> int:
+    """The id of ``text``, which must be exactly one token."""
+    ids = tokenize(model, text, prepend_bos=False)
+    if len(ids) != 1:
+        raise TLSubmodelsError(f"answer {text!r} is {len(ids)} tokens {ids}; answers must be single tokens")
+    return ids[0]
+
+
+def pad_token_id(model: Any) -> int:
+    tok = getattr(model, "tokenizer", None)
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tok, attr, None) if tok is not None else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def run_logits(model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: list | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of a (hooked) forward without gradients."""
+    with torch.no_grad():
+        if fwd_hooks:
+            return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+        return model(tokens)
+
+
+def run_cache(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits and the named activations of one forward, without gradients."""
+    wanted = set(names)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    return logits, {n: cache[n] for n in wanted}
+
+
+def forward_from(
+    model: Any,
+    layer: int,
+    tokens: Int[Tensor, "batch pos"],
+    resid: Float[Tensor, "batch pos d_model"] | None,
+    fwd_hooks: list,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of a hooked forward, starting at ``layer`` from ``resid`` where that saves work."""
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        if resid is not None and layer > 0 and supports_start_at_layer(model):
+            return model(resid, start_at_layer=layer)
+        return model(tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights in TransformerLens layout, for the fast patching path (fastpath.py).
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandardWeights:
+    """Weights of a standard (GPT-2 style) transformer in TL layout, read from either line."""
+
+    normalization: str | None  # "LN", "LNPre", "RMS", "RMSPre" or None
+    eps: float
+    act_fn: str | None
+    attn_scale: float
+    scale_by_layer: bool
+    ln1: list[tuple[Tensor | None, Tensor | None]]
+    ln2: list[tuple[Tensor | None, Tensor | None]]
+    W_Q: Tensor  # [layer, head, d_model, d_head]
+    b_Q: Tensor
+    W_K: Tensor
+    b_K: Tensor
+    W_V: Tensor
+    b_V: Tensor
+    W_O: Tensor  # [layer, head, d_head, d_model]
+    b_O: Tensor  # [layer, d_model]
+    W_in: Tensor | None
+    b_in: Tensor | None
+    W_out: Tensor | None
+    b_out: Tensor | None
+    ln_final: tuple[Tensor | None, Tensor | None]
+    W_U: Tensor
+    b_U: Tensor
+
+
+_SUPPORTED_ACT = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
+
+
+def standard_weights(model: Any) -> StandardWeights | None:
+    """TL-layout weights where the model is a plain pre-norm transformer on one device, else None.
+
+    Architectures outside that family (rotary, gated or parallel MLPs, local attention, soft caps,
+    models split across devices) return None and are patched through hooks instead. The fast path
+    checks its own logits against the model's on every call, so a None here is a speed matter
+    only, never a correctness one.
+    """
+    cfg = model.cfg
+    unsupported = (
+        getattr(cfg, "positional_embedding_type", "standard") not in ("standard",)
+        or getattr(cfg, "gated_mlp", False)
+        or getattr(cfg, "parallel_attn_mlp", False)
+        or getattr(cfg, "use_local_attn", False)
+        or getattr(cfg, "use_qk_norm", False)
+        or getattr(cfg, "use_normalization_before_and_after", False)
+        or getattr(cfg, "attention_dir", "causal") != "causal"
+        or (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0
+        or (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) > 0
+        or getattr(cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre", None)
+        or getattr(cfg, "num_experts", None)
+        or (not getattr(cfg, "attn_only", False) and getattr(cfg, "act_fn", None) not in _SUPPORTED_ACT)
+        or len({p.device for p in model.parameters()}) > 1
+    )
+    if unsupported:
+        return None
+    try:
+        return _read_weights(model)
+    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _norm_params(module: Any) -> tuple[Tensor | None, Tensor | None]:
+    w = getattr(module, "w", None)
+    if w is None:
+        w = getattr(module, "weight", None)
+    b = getattr(module, "b", None)
+    if b is None:
+        b = getattr(module, "bias", None)
+    return (None if w is None else w.detach(), None if b is None else b.detach())
+
+
+def _read_weights(model: Any) -> StandardWeights:
+    cfg = model.cfg
+    attn_only = bool(getattr(cfg, "attn_only", False))
+    d_head = int(cfg.d_head)
+    scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0)
+    if not getattr(cfg, "use_attn_scale", True):
+        scale = 1.0
+    elif scale <= 0:
+        scale = d_head**0.5
+    norm = getattr(cfg, "normalization_type", None)
+    blocks = list(model.blocks)
+
+    def stack(name: str) -> Tensor:
+        return getattr(model, name).detach()
+
+    return StandardWeights(
+        normalization=norm,
+        eps=float(getattr(cfg, "eps", 1e-5)),
+        act_fn=getattr(cfg, "act_fn", None),
+        attn_scale=scale,
+        scale_by_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),
+        ln1=[_norm_params(b.ln1) for b in blocks],
+        ln2=[(None, None) if attn_only else _norm_params(b.ln2) for b in blocks],
+        W_Q=stack("W_Q"),
+        b_Q=stack("b_Q"),
+        W_K=stack("W_K"),
+        b_K=stack("b_K"),
+        W_V=stack("W_V"),
+        b_V=stack("b_V"),
+        W_O=stack("W_O"),
+        b_O=stack("b_O"),
+        W_in=None if attn_only else stack("W_in"),
+        b_in=None if attn_only else stack("b_in"),
+        W_out=None if attn_only else stack("W_out"),
+        b_out=None if attn_only else stack("b_out"),
+        ln_final=_norm_params(model.ln_final),
+        W_U=stack("W_U"),
+        b_U=stack("b_U"),
+    )

@@ -1,0 +1,123 @@
+"""Scores: the effect of every component on a task's metric, with how it was measured.
+
+``heads`` is ``[layer, head]`` (``[layer, pos, head]`` per position), ``neurons`` ``[layer, d_mlp]``,
+``mlps`` ``[layer]`` (``[layer, pos]`` per position); each normalised (1 = the whole clean-corrupt
+gap), ``None`` for kinds not scored. The raw metric values of the patched runs are kept beside
+them, with the clean and corrupt baselines, the method and the direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, check_kinds
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SubModel
+
+Direction = Literal["denoising", "noising"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scores:
+    """Per-component effects of one method on one task.
+
+    Example:
+        >>> scores = tls.patch(model, task)  # doctest: +SKIP
+        >>> scores.top(3)  # doctest: +SKIP
+        [(Head(layer=1, head=2), 0.61), (Head(layer=0, head=3), 0.44), (Head(layer=1, head=0), 0.20)]
+    """
+
+    heads: Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"] | None = None
+    neurons: Float[Tensor, "layer d_mlp"] | None = None
+    mlps: Float[Tensor, " layer"] | Float[Tensor, "layer pos"] | None = None
+    raw_heads: Tensor | None = None
+    raw_neurons: Tensor | None = None
+    raw_mlps: Tensor | None = None
+    clean_metric: float
+    corrupt_metric: float
+    method: str = "patch"
+    direction: Direction = "denoising"
+    metric: str = "logit_diff"
+    per_position: bool = False
+    task: str = "task"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("denoising", "noising"):
+            raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {self.direction!r}")
+        if all(getattr(self, k) is None for k in KINDS):
+            raise TLSubmodelsError("Scores needs at least one of heads, neurons, mlps")
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return tuple(k for k in KINDS if getattr(self, k) is not None)
+
+    def items(self, kinds: tuple[Kind, ...] | None = None) -> list[tuple[Component, float]]:
+        """Every (component, normalised score), per position where scored per position."""
+        out: list[tuple[Component, float]] = []
+        for kind in check_kinds(kinds) if kinds else self.kinds:
+            t = getattr(self, kind)
+            if t is None:
+                continue
+            for idx in torch.cartesian_prod(*[torch.arange(n) for n in t.shape]).view(-1, t.ndim).tolist():
+                out.append((_component(kind, idx, self.per_position and kind != "neurons"), float(t[tuple(idx)])))
+        return out
+
+    def top(self, k: int = 10, *, kinds: tuple[Kind, ...] | None = None, absolute: bool = True) -> list[tuple[Component, float]]:
+        """The ``k`` components with the largest (absolute) effect, largest first.
+
+        Example:
+            >>> [str(c) for c, _ in scores.top(2)]  # doctest: +SKIP
+            ['L1H2', 'L0H3']
+        """
+        items = self.items(kinds)
+        items.sort(key=lambda cv: (-(abs(cv[1]) if absolute else cv[1]), cv[0].sort_key()))
+        return items[:k]
+
+    def to_submodel(self, k: int | None = None, *, threshold: float | None = None, name: str | None = None) -> SubModel:
+        """The top ``k`` components, or all with ``|score| >= threshold``, as a SubModel."""
+        if (k is None) == (threshold is None):
+            raise TLSubmodelsError("pass exactly one of k=... or threshold=...")
+        picked = self.top(k) if k is not None else [cv for cv in self.items() if abs(cv[1]) >= (threshold or 0.0)]
+        return SubModel(components=[c for c, _ in picked], name=name or f"{self.task}-top", description=f"from {self.method} scores")
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame: one row per component with score, raw metric, kind, layer, index, pos."""
+        import pandas as pd
+
+        rows = []
+        for kind in self.kinds:
+            t, raw = getattr(self, kind), getattr(self, f"raw_{kind}")
+            for idx in torch.cartesian_prod(*[torch.arange(n) for n in t.shape]).view(-1, t.ndim).tolist():
+                c = _component(kind, idx, self.per_position and kind != "neurons")
+                rows.append(
+                    {"component": str(c), "kind": kind, "layer": c.layer, "index": c.index, "pos": c.pos,
+                     "score": float(t[tuple(idx)]), "raw": None if raw is None else float(raw[tuple(idx)])}
+                )
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")}
+        for kind in KINDS:
+            for key in (kind, f"raw_{kind}"):
+                t = getattr(self, key)
+                out[key] = None if t is None else t.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scores:
+        tensors = {k: None if data.get(k) is None else torch.tensor(data[k]) for k in (*KINDS, *(f"raw_{k}" for k in KINDS))}
+        rest = {k: data[k] for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")}
+        return cls(**tensors, **rest)
+
+
+def _component(kind: Kind, idx: list[int], per_position: bool) -> Component:
+    if kind == "heads":
+        return Head(idx[0], idx[2], pos=idx[1]) if per_position else Head(idx[0], idx[1])
+    if kind == "neurons":
+        return Neuron(idx[0], idx[1])
+    return MLP(idx[0], pos=idx[1]) if per_position else MLP(idx[0])

@@ -1,0 +1,120 @@
+"""The zoo: tiny trained models shipped inside the package, with their tasks and ground truth.
+
+Each model lives in a folder beside this file: ``weights.safetensors`` (HookedTransformer
+state-dict layout), ``config.json`` and ``card.json`` (training data, accuracies, ground truth).
+Everything loads offline on both TransformerLens lines. ``scripts/train_zoo.py`` trains them.
+
+Example:
+    >>> import tl_submodels as tls
+    >>> tls.zoo.list()
+    ['induction-2l']
+    >>> model = tls.zoo.load("induction-2l")
+    >>> task = tls.zoo.task("induction-2l", "induction", n=8, seed=0)
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from tl_submodels import model as tlmodel
+from tl_submodels.errors import TLSubmodelsError, did_you_mean
+from tl_submodels.task import Task
+
+ROOT = Path(__file__).resolve().parent
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - the zoo's verb
+    """Names of the zoo models.
+
+    Example:
+        >>> tls.zoo.list()  # doctest: +SKIP
+        ['induction-2l']
+    """
+    return sorted(p.name for p in ROOT.iterdir() if (p / "card.json").is_file())
+
+
+def _folder(name: str) -> Path:
+    names = list()
+    if name not in names:
+        raise TLSubmodelsError(f"no zoo model {name!r}; the zoo has {names}." + did_you_mean(name, names))
+    return ROOT / name
+
+
+@cache
+def _card(name: str) -> dict[str, Any]:
+    return json.loads((_folder(name) / "card.json").read_text())
+
+
+def info(name: str) -> dict[str, Any]:
+    """The model card: description, training, tasks with accuracies, ground truth, config.
+
+    Example:
+        >>> tls.zoo.info("induction-2l")["ground_truth"]["induction_heads"]  # doctest: +SKIP
+        ['L1H1', 'L1H2']
+    """
+    card = json.loads(json.dumps(_card(name)))
+    card["config"] = json.loads((_folder(name) / "config.json").read_text())
+    return card
+
+
+def load(name: str, *, device: str | None = None) -> Any:
+    """The zoo model ``name`` in eval mode: a TransformerBridge on TL 4, a HookedTransformer on TL 2.
+
+    Example:
+        >>> model = tls.zoo.load("induction-2l")  # doctest: +SKIP
+    """
+    folder = _folder(name)
+    cfg = json.loads((folder / "config.json").read_text())
+    state = load_file(folder / "weights.safetensors")
+    return tlmodel.build_from_tl_checkpoint(cfg, state, device=device)
+
+
+def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None) -> Task:
+    """A task of zoo model ``name``: ``n`` clean/corrupt examples drawn with ``seed``.
+
+    Args:
+        name: zoo model name.
+        task: one of the tasks in ``info(name)["tasks"]``.
+        n: number of examples.
+        seed: the sampling seed (same seed, same task).
+        model: the loaded model, if at hand (used for its device; loaded otherwise).
+
+    Example:
+        >>> task = tls.zoo.task("induction-2l", "induction", n=8)  # doctest: +SKIP
+        >>> task.clean.shape
+        torch.Size([8, 32])
+    """
+    card = _card(name)
+    tasks = builtins.list(card["tasks"])
+    if task not in tasks:
+        raise TLSubmodelsError(f"zoo model {name!r} has no task {task!r}; its tasks are {tasks}." + did_you_mean(task, tasks))
+    if n < 1:
+        raise TLSubmodelsError(f"n must be a positive number of examples, got {n}")
+    builder = _BUILDERS[card["tasks"][task]["builder"]]
+    clean, corrupt, answer, wrong = builder(card, n, torch.Generator().manual_seed(seed))
+    model = model if model is not None else load(name)
+    return Task.from_tokens(model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, name=task)
+
+
+def _induction(card: dict[str, Any], n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """clean: BOS, A, A[:-1]; corrupt: BOS, A, B[:-1]; answer A[-1]; wrong B[-1] (B random, B[-1] != A[-1])."""
+    spec = card["tasks"]["induction"]
+    length, vocab, bos = spec["segment"], card["d_vocab"], card["bos_token"]
+    a = torch.randint(1, vocab, (n, length), generator=gen)
+    b = torch.randint(1, vocab, (n, length), generator=gen)
+    clash = b[:, -1] == a[:, -1]
+    b[clash, -1] = a[clash, -1] % (vocab - 1) + 1
+    head = torch.cat([torch.full((n, 1), bos), a], dim=1)
+    clean = torch.cat([head, a[:, :-1]], dim=1)
+    corrupt = torch.cat([head, b[:, :-1]], dim=1)
+    return clean, corrupt, a[:, -1], b[:, -1]
+
+
+_BUILDERS = {"induction": _induction}
