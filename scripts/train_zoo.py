@@ -29,7 +29,7 @@ INDUCTION_CFG = {
     "d_model": 64,
     "d_head": 16,
     "d_mlp": None,
-    "d_vocab": 64,
+    "d_vocab": 66,  # <bos>, 63 symbols, <pad>, <unk> (the last two never occur in training)
     "n_ctx": 40,
     "attn_only": True,
     "act_fn": None,
@@ -37,6 +37,8 @@ INDUCTION_CFG = {
     "positional_embedding_type": "standard",
 }
 BOS = 0
+N_SYMBOLS = 63  # ids 1-63 print as t1-t63
+PAD, UNK = 64, 65
 
 
 def init_params(cfg: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -95,13 +97,13 @@ def induction_batch(batch: int, cfg: dict, gen: torch.Generator) -> tuple[torch.
     right after BOS instead let a trial model learn a positional shortcut with no such heads.)
     Returns tokens and a mask of the positions whose next token is predictable.
     """
-    C, V = cfg["n_ctx"], cfg["d_vocab"]
-    tokens = torch.randint(1, V, (batch, C), generator=gen)
+    C = cfg["n_ctx"]
+    tokens = torch.randint(1, N_SYMBOLS + 1, (batch, C), generator=gen)
     tokens[:, 0] = BOS
     predictable = torch.zeros(batch, C, dtype=torch.bool)
     periods = torch.randint(3, 13, (batch,), generator=gen)
     starts = 1 + torch.randint(0, 8, (batch,), generator=gen)
-    for i, (n, s) in enumerate(zip(periods.tolist(), starts.tolist())):
+    for i, (n, s) in enumerate(zip(periods.tolist(), starts.tolist(), strict=True)):
         j = torch.arange(s + n, C)
         tokens[i, j] = tokens[i, s + (j - s) % n]
         predictable[i, s + n - 1 : C - 1] = True
@@ -129,7 +131,17 @@ def train_induction(steps: int, seed: int) -> tuple[dict[str, torch.Tensor], dic
         opt.step()
         if step % 500 == 0 or step == steps - 1:
             ind = loss[predictable[:, :-1]].mean().item()
-            print(json.dumps({"step": step, "loss": round(total.item(), 4), "induction_loss": round(ind, 4), "s": round(time.time() - t0, 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "step": step,
+                        "loss": round(total.item(), 4),
+                        "induction_loss": round(ind, 4),
+                        "s": round(time.time() - t0, 1),
+                    }
+                ),
+                flush=True,
+            )
     return {k: v.detach().clone() for k, v in params.items()}, {"train_seconds": round(time.time() - t0, 1)}
 
 
@@ -142,7 +154,7 @@ def head_scores(params: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[s
     """
     gen = torch.Generator().manual_seed(seed)
     n = (cfg["n_ctx"] - 1) // 2
-    rand = torch.randint(1, cfg["d_vocab"], (128, n), generator=gen)
+    rand = torch.randint(1, N_SYMBOLS + 1, (128, n), generator=gen)
     tokens = torch.cat([torch.full((128, 1), BOS), rand, rand], dim=1)
     with torch.no_grad():
         _, patterns = forward(params, cfg, tokens, return_patterns=True)
@@ -157,20 +169,51 @@ def head_scores(params: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[s
 def induction_accuracy(params: dict[str, torch.Tensor], cfg: dict, seed: int, n: int = 16) -> float:
     """Top-1 accuracy of the zoo's induction task (clean prompts: BOS, A, A[:-1] -> A[-1])."""
     gen = torch.Generator().manual_seed(seed)
-    seg = torch.randint(1, cfg["d_vocab"], (512, n), generator=gen)
+    seg = torch.randint(1, N_SYMBOLS + 1, (512, n), generator=gen)
     tokens = torch.cat([torch.full((512, 1), BOS), seg, seg[:, :-1]], dim=1)
     with torch.no_grad():
         logits = forward(params, cfg, tokens)
     return (logits[:, -1].argmax(-1) == seg[:, -1]).float().mean().item()
 
 
+def save_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer: ``<bos>`` (0, prepended to every prompt), ``t1``-``t63``, ``<pad>``, ``<unk>``.
+
+    Saved beside the weights so the zoo models read text prompts, print tokens and generate on
+    both TL lines. Padding has its own id: TL 2 masks pad tokens in generate, so a pad equal to
+    BOS would change the model's output.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": BOS, **{f"t{i}": i for i in range(1, N_SYMBOLS + 1)}, "<pad>": PAD, "<unk>": UNK}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.save_pretrained(folder)
+    # transformers 5 writes its own class name; name the class every version knows.
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", choices=["induction-2l"])
     ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--seed", type=int, default=0)
+    # Seed 1 is the shipped model: one previous-token head, four induction heads. Seed 0 gave two
+    # previous-token heads (L0H2 0.95, L0H3 0.85), the second redundant: find_circuit reached 0.9
+    # faithfulness without it, so "the circuit contains every ground-truth head" failed there.
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ZOO)
+    ap.add_argument("--tokenizer-only", action="store_true", help="only (re)write the tokenizer files")
     args = ap.parse_args()
+    if args.tokenizer_only:
+        save_tokenizer(args.out / args.name)
+        return
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
 
@@ -187,11 +230,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in params.items()}, out / "weights.safetensors")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_tokenizer(out)
     card = {
         "name": args.name,
         "description": "2-layer attention-only transformer trained to continue repeated random segments.",
         "training": {
-            "data": "BOS, 0-7 random tokens, then a random segment of 3-12 tokens (ids 1-63) repeated to 40 tokens",
+            "data": "BOS, 0-7 random symbols, then a random segment of 3-12 symbols (ids 1-63) repeated to 40 tokens",
             "steps": args.steps,
             "batch": 64,
             "optimizer": "AdamW lr 1e-3 constant, no weight decay",
@@ -201,13 +245,14 @@ def main() -> None:
         },
         "bos_token": BOS,
         "d_vocab": cfg["d_vocab"],
+        "symbols": [1, N_SYMBOLS],
         "tasks": {
             "induction": {
                 "description": "clean: BOS, A (16 tokens), A[:15]; corrupt: BOS, A, B[:15] (B random); answer A[15], wrong B[15]",
                 "builder": "induction",
                 "segment": 16,
                 "accuracy": round(acc, 4),
-                "chance": round(1 / (cfg["d_vocab"] - 1), 4),
+                "chance": round(1 / N_SYMBOLS, 4),
             }
         },
         "ground_truth": {

@@ -32,8 +32,14 @@ def random_tl_state(cfg: dict, seed: int = 0, std: float = 0.3) -> dict[str, tor
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * std
 
-    s = {"embed.W_E": r(V, D), "pos_embed.W_pos": r(C, D), "ln_final.w": 1 + r(D) / 3, "ln_final.b": r(D) / 3,
-         "unembed.W_U": r(D, V), "unembed.b_U": r(V)}
+    s = {
+        "embed.W_E": r(V, D),
+        "pos_embed.W_pos": r(C, D),
+        "ln_final.w": 1 + r(D) / 3,
+        "ln_final.b": r(D) / 3,
+        "unembed.W_U": r(D, V),
+        "unembed.b_U": r(V),
+    }
     for l in range(L):
         b = f"blocks.{l}."
         s |= {b + "ln1.w": 1 + r(D) / 3, b + "ln1.b": r(D) / 3}
@@ -42,8 +48,14 @@ def random_tl_state(cfg: dict, seed: int = 0, std: float = 0.3) -> dict[str, tor
             s[b + f"attn.b_{n}"] = r(H, E)
         s |= {b + "attn.W_O": r(H, E, D), b + "attn.b_O": r(D)}
         if not cfg["attn_only"]:
-            s |= {b + "ln2.w": 1 + r(D) / 3, b + "ln2.b": r(D) / 3, b + "mlp.W_in": r(D, M), b + "mlp.b_in": r(M),
-                  b + "mlp.W_out": r(M, D), b + "mlp.b_out": r(D)}
+            s |= {
+                b + "ln2.w": 1 + r(D) / 3,
+                b + "ln2.b": r(D) / 3,
+                b + "mlp.W_in": r(D, M),
+                b + "mlp.b_in": r(M),
+                b + "mlp.W_out": r(M, D),
+                b + "mlp.b_out": r(D),
+            }
     return s
 
 

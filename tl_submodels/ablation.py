@@ -122,7 +122,9 @@ def ablation_hooks(
     return hooks
 
 
-def _make_hook(kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int) -> HookFn:
+def _make_hook(
+    kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int
+) -> HookFn:
     """One hook for one site: replaces the listed units (at their positions) by the ablation value."""
     all_pos_units = sorted({_unit(c) for c in comps if c.pos is None})
     pos_units = sorted({(c.pos, _unit(c)) for c in comps if c.pos is not None})
@@ -148,7 +150,9 @@ def _make_hook(kind: Kind, comps: list[Component], ablation: Ablation, ref: Tens
             rows = torch.randint(int(n_ref or 1), (batch,), generator=gen)
             return ref[rows, :seq].to(act.device, act.dtype)
         if ref.shape[0] not in (1, batch):
-            raise TLSubmodelsError(f"patch ablation: the reference has {ref.shape[0]} rows but the run has {batch}; pass one per row, or 1")
+            raise TLSubmodelsError(
+                f"patch ablation: the reference has {ref.shape[0]} rows but the run has {batch}; pass one per row, or 1"
+            )
         return ref[:, :seq].to(act.device, act.dtype)
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:

@@ -15,7 +15,9 @@ from tl_submodels.errors import TLSubmodelsError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tl-submodels", description="Find and validate the sub-models a TransformerLens model uses.")
+    p = argparse.ArgumentParser(
+        prog="tl-submodels", description="Find and validate the sub-models a TransformerLens model uses."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     zoo = sub.add_parser("zoo", help="the bundled tiny trained models")
@@ -93,11 +95,13 @@ def _discover(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2))
         return 0
-    table = Table(title=f"top components: {args.model} / {args.task} (exact patching, {scores.direction}, {scores.metric})")
+    table = Table(
+        title=f"top components: {args.model} / {args.task} (exact patching, {scores.direction}, {scores.metric})"
+    )
     table.add_column("component")
     table.add_column("score", justify="right")
     table.add_column("raw metric", justify="right")
-    raw = {str(c): v for c, v in zip([c for c, _ in scores.items()], _raw_values(scores))}
+    raw = scores.to_frame().set_index("component")["raw"]
     for c, v in scores.top(args.top):
         table.add_row(str(c), f"{v:+.3f}", f"{raw[str(c)]:.3f}")
     console.print(table)
@@ -107,21 +111,17 @@ def _discover(args: argparse.Namespace) -> int:
     for col in ("faithfulness", "necessity", "size", "accuracy full", "accuracy kept", "accuracy ablated"):
         ev_table.add_column(col, justify="right")
     ev_table.add_row(
-        f"{ev.faithfulness:.3f}", f"{ev.necessity:.3f}", str(ev.size),
-        f"{ev.accuracy_full:.3f}", f"{ev.accuracy_kept:.3f}", f"{ev.accuracy_ablated:.3f}",
+        f"{ev.faithfulness:.3f}",
+        f"{ev.necessity:.3f}",
+        str(ev.size),
+        f"{ev.accuracy_full:.3f}",
+        f"{ev.accuracy_kept:.3f}",
+        f"{ev.accuracy_ablated:.3f}",
     )
     console.print(ev_table)
     if args.out:
         console.print(f"wrote {args.out}")
     return 0
-
-
-def _raw_values(scores: Any) -> list[float]:
-    out: list[float] = []
-    for kind in scores.kinds:
-        raw = getattr(scores, f"raw_{kind}")
-        out += raw.flatten().tolist()
-    return out
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def find_circuit(
     full = float(task.metric(tlmodel.run_logits(model, task.clean)))
     nothing = metric([])
     if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
-        raise TLSubmodelsError(f"ablating every component leaves the metric at {full:.4g}; there is no behaviour to find a circuit for")
+        raise TLSubmodelsError(
+            f"ablating every component leaves the metric at {full:.4g}; there is no behaviour to find a circuit for"
+        )
 
     def faith(keep: list[Component]) -> float:
         return (metric(keep) - nothing) / (full - nothing)
@@ -105,7 +107,7 @@ def find_circuit(
             members = trial
     reached = faith(members)
     return SubModel(
-        components=members,
+        components=frozenset(members),
         name=name or f"{task.name}-circuit",
         description=f"find_circuit: exact patching ranking, {ablation} ablation, faithfulness {reached:.3f} (target {target})",
     )

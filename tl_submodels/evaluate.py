@@ -89,14 +89,14 @@ def evaluate(
     full, acc_full = run([])
     kept, acc_kept = run(ablation_hooks(model, sub, keep_only=True, **kwargs))
     removed, acc_removed = run(ablation_hooks(model, sub, **kwargs))
-    nothing, _ = run(ablation_hooks(model, SubModel(components=[], name="empty"), keep_only=True, **kwargs))
+    nothing, _ = run(ablation_hooks(model, SubModel(name="empty"), keep_only=True, **kwargs))
     denom = full - nothing
     if abs(denom) <= 1e-6 * max(1.0, abs(full)):
         raise TLSubmodelsError(
             f"ablating every component leaves the metric at {full:.4g}: nothing to attribute. "
             "Try another ablation or reference."
         )
-    universe = len(complement(model, SubModel(components=[], name="empty")))
+    universe = len(complement(model, SubModel(name="empty")))
     return Evaluation(
         faithfulness=(kept - nothing) / denom,
         necessity=(full - removed) / denom,

@@ -138,7 +138,9 @@ class PrefixRunner:
         idx = q_rel.repeat(copies)
         return t[torch.arange(t.shape[0], device=t.device), idx][:, None]
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layer: int, allowed: Tensor, copies: int, scale: float) -> Tensor:
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, layer: int, allowed: Tensor, copies: int, scale: float
+    ) -> Tensor:
         q5, k5, v5 = (einops.rearrange(t, "(c b) p h e -> c b p h e", c=copies) for t in (q, k, v))
         scores = torch.einsum("cbqhe,cbkhe->cbhqk", q5, k5) / scale
         scores = scores.masked_fill(~allowed[None, :, None], float("-inf"))

@@ -19,6 +19,7 @@ from torch import Tensor
 from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 
+TransformerBridge: Any
 try:  # transformer-lens 4.x
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -235,7 +236,9 @@ def first_param_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def build_from_tl_checkpoint(cfg: dict[str, Any], state_dict: dict[str, Tensor], device: str | None = None) -> Any:
+def build_from_tl_checkpoint(
+    cfg: dict[str, Any], state_dict: dict[str, Tensor], device: str | None = None, tokenizer: Any = None
+) -> Any:
     """Build an eval-mode model from a HookedTransformer-layout state dict, on either TL line.
 
     On TL 4 this is ``TransformerBridge.boot_native`` plus ``convert_tl_checkpoint``; on TL 2 a
@@ -244,12 +247,12 @@ def build_from_tl_checkpoint(cfg: dict[str, Any], state_dict: dict[str, Tensor],
     if TL_LINE == 4:
         from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
-        model = TransformerBridge.boot_native(dict(cfg, seed=0), device=device)
+        model = TransformerBridge.boot_native(dict(cfg, seed=0), device=device, tokenizer=tokenizer)
         model.load_state_dict(convert_tl_checkpoint(state_dict, model.cfg), strict=True)
     else:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        model = HookedTransformer(HookedTransformerConfig(**cfg, device=device or "cpu"))
+        model = HookedTransformer(HookedTransformerConfig(**cfg, device=device or "cpu"), tokenizer=tokenizer)
         result = model.load_state_dict(state_dict, strict=False)
         stray = [k for k in result.missing_keys if not k.endswith((".mask", ".IGNORE"))]
         if stray or result.unexpected_keys:
@@ -287,7 +290,9 @@ def pad_token_id(model: Any) -> int:
     return 0
 
 
-def run_logits(model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: list | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+def run_logits(
+    model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: list | None = None
+) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of a (hooked) forward without gradients."""
     with torch.no_grad():
         if fwd_hooks:

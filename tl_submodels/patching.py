@@ -89,9 +89,13 @@ def patch(
     if direction not in ("denoising", "noising"):
         raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
     if per_position and "neurons" in kinds:
-        raise TLSubmodelsError("per_position=True covers heads and mlps; score neurons over all positions (per_position=False)")
+        raise TLSubmodelsError(
+            "per_position=True covers heads and mlps; score neurons over all positions (per_position=False)"
+        )
     if task.d_vocab != info.d_vocab:
-        raise TLSubmodelsError(f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}")
+        raise TLSubmodelsError(
+            f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}"
+        )
     device = tlmodel.first_param_device(model)
     task = task.to(device)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
@@ -151,31 +155,42 @@ def patch(
         for g in groups:
             for lo in range(0, g.unit_mask.shape[0], copies_per_forward):
                 hi = min(lo + copies_per_forward, g.unit_mask.shape[0])
-                patch_fn = _patcher(g, lo, hi, batch, source[tlmodel.site_hook(g.kind, g.layer)])
+                patcher = _Patcher(g, lo, hi, batch, source[tlmodel.site_hook(g.kind, g.layer)])
                 with torch.no_grad():
                     if runner is not None:
                         resid = base[tlmodel.hook_resid_pre(g.layer)][:, start:].repeat(hi - lo, 1, 1)
-                        final = runner.run(resid, g.layer, lambda layer, kind, act, pos, g=g, f=patch_fn: f(act, pos) if (layer, kind) == (g.layer, g.kind) else act)
+                        final = runner.run(resid, g.layer, patcher.at_site)
                     else:
-                        positions = torch.arange(seq, device=device)
-                        hook = (tlmodel.site_hook(g.kind, g.layer), lambda act, hook=None, f=patch_fn: f(act, positions[None].expand(act.shape[0], -1)))
                         resid = base[tlmodel.hook_resid_pre(g.layer)].repeat(hi - lo, 1, 1)
-                        logits = tlmodel.forward_from(model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [hook])
+                        hooks = [(tlmodel.site_hook(g.kind, g.layer), patcher.hook)]
+                        logits = tlmodel.forward_from(model, g.layer, base_tokens.repeat(hi - lo, 1), resid, hooks)
                         final = task.final_logits(logits)
                 values = task.per_example(final).view(hi - lo, batch).mean(1)
-                for r, v in zip(range(lo, hi), values.tolist()):
+                for r, v in zip(range(lo, hi), values.tolist(), strict=True):
                     results[g.kind][g.out_index[r]] = v
                 bar.update(1)
     finally:
         bar.close()
 
     raw = {k: results.get(k) for k in ("heads", "neurons", "mlps")}
-    norm = {k: None if t is None else ((t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap) for k, t in raw.items()}
+    norm = {
+        k: None if t is None else ((t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap)
+        for k, t in raw.items()
+    }
     return Scores(
-        heads=norm["heads"], neurons=norm["neurons"], mlps=norm["mlps"],
-        raw_heads=raw["heads"], raw_neurons=raw["neurons"], raw_mlps=raw["mlps"],
-        clean_metric=clean_value, corrupt_metric=corrupt_value, method="patch", direction=direction,
-        metric=task.metric_name, per_position=per_position, task=task.name,
+        heads=norm["heads"],
+        neurons=norm["neurons"],
+        mlps=norm["mlps"],
+        raw_heads=raw["heads"],
+        raw_neurons=raw["neurons"],
+        raw_mlps=raw["mlps"],
+        clean_metric=clean_value,
+        corrupt_metric=corrupt_value,
+        method="patch",
+        direction=direction,
+        metric=task.metric_name,
+        per_position=per_position,
+        task=task.name,
     )
 
 
@@ -192,7 +207,7 @@ def _groups(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool
                 for r, (p, u) in enumerate(pairs):
                     unit_mask[r, u] = True
                     pos_mask[r, p] = True
-                index = [(layer, p, u) if kind == "heads" else (layer, p) for p, u in pairs]
+                index: list[tuple[int, ...]] = [(layer, p, u) if kind == "heads" else (layer, p) for p, u in pairs]
             else:
                 unit_mask = torch.eye(units, dtype=torch.bool)
                 pos_mask = torch.ones(units, seq, dtype=torch.bool)
@@ -202,7 +217,9 @@ def _groups(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool
     return groups
 
 
-def _empty_results(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool, seq: int, base_value: float) -> dict[str, Tensor]:
+def _empty_results(
+    info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool, seq: int, base_value: float
+) -> dict[str, Tensor]:
     """Result tensors prefilled with the unpatched metric (exact for positions that cannot change)."""
     shapes: dict[str, tuple[int, ...]] = {
         "heads": (info.n_layers, seq, info.n_heads) if per_position else (info.n_layers, info.n_heads),
@@ -212,30 +229,45 @@ def _empty_results(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_positio
     return {k: torch.full(shapes[k], base_value) for k in kinds}
 
 
-def _patcher(g: _Group, lo: int, hi: int, batch: int, source: Tensor):
-    """Activation editor for copies ``lo:hi`` of a group: rows are copy-major (copy, example)."""
-    unit_mask = g.unit_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, units]
-    pos_mask = g.pos_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, seq]
-    example = torch.arange(batch, device=source.device).repeat(hi - lo)  # [rows]
+class _Patcher:
+    """Writes the source run's activations into copies ``lo:hi`` of a group.
 
-    def apply(act: Tensor, pos: Tensor) -> Tensor:
-        pos = pos.to(act.device)
-        src = source[example[:, None], pos]  # [rows, p, ...] from the source run
-        where = pos_mask.gather(1, pos)  # [rows, p]
-        if g.kind == "mlps":
-            mask = where[..., None]
-        else:
-            mask = where[..., None] & unit_mask[:, None, :]  # [rows, p, units]
-            if g.kind == "heads":
-                mask = mask[..., None]
-        return torch.where(mask, src.to(act.dtype), act)
+    Rows are copy-major (row ``c * batch + b`` is copy ``c`` of example ``b``); copy ``c`` gets
+    the source value of its unit at its positions and keeps its own activation elsewhere.
+    """
 
-    return apply
+    def __init__(self, g: _Group, lo: int, hi: int, batch: int, source: Tensor) -> None:
+        self.layer, self.kind, self.source = g.layer, g.kind, source
+        self.unit_mask = g.unit_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, units]
+        self.pos_mask = g.pos_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, seq]
+        self.example = torch.arange(batch, device=source.device).repeat(hi - lo)  # [rows]
+
+    def __call__(self, act: Tensor, pos: Tensor) -> Tensor:
+        """``act`` [rows, p, ...] at absolute positions ``pos`` [rows, p]; written on ``act``'s device."""
+        pos = pos.to(self.source.device)
+        src = self.source[self.example[:, None], pos]
+        mask = self.pos_mask.gather(1, pos)[..., None]  # [rows, p, 1]
+        if self.kind != "mlps":
+            mask = mask & self.unit_mask[:, None, :]  # [rows, p, units]
+        if self.kind == "heads":
+            mask = mask[..., None]
+        return torch.where(mask.to(act.device), src.to(act.device, act.dtype), act)
+
+    def at_site(self, layer: int, kind: Kind, act: Tensor, pos: Tensor) -> Tensor:
+        """The fast path's callback: edit only this group's site."""
+        return self(act, pos) if (layer, kind) == (self.layer, self.kind) else act
+
+    def hook(self, act: Tensor, hook: Any = None) -> Tensor:
+        """A TransformerLens forward hook over all positions."""
+        pos = torch.arange(act.shape[1], device=act.device)[None].expand(act.shape[0], -1)
+        return self(act, pos)
 
 
 def _rows_for_budget(info: tlmodel.ModelInfo, seq: int, max_memory_mb: float) -> int:
     """Rows per forward that keep the main activations of one forward under the budget."""
-    per_row = 4 * max(seq, 1) * (
-        8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * max(seq, 1) + 3 * (info.d_mlp or 0)
+    per_row = (
+        4
+        * max(seq, 1)
+        * (8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * max(seq, 1) + 3 * (info.d_mlp or 0))
     )
     return max(1, int(max_memory_mb * 2**20 // per_row))

@@ -67,7 +67,9 @@ class Scores:
                 out.append((_component(kind, idx, self.per_position and kind != "neurons"), float(t[tuple(idx)])))
         return out
 
-    def top(self, k: int = 10, *, kinds: tuple[Kind, ...] | None = None, absolute: bool = True) -> list[tuple[Component, float]]:
+    def top(
+        self, k: int = 10, *, kinds: tuple[Kind, ...] | None = None, absolute: bool = True
+    ) -> list[tuple[Component, float]]:
         """The ``k`` components with the largest (absolute) effect, largest first.
 
         Example:
@@ -83,7 +85,9 @@ class Scores:
         if (k is None) == (threshold is None):
             raise TLSubmodelsError("pass exactly one of k=... or threshold=...")
         picked = self.top(k) if k is not None else [cv for cv in self.items() if abs(cv[1]) >= (threshold or 0.0)]
-        return SubModel(components=[c for c, _ in picked], name=name or f"{self.task}-top", description=f"from {self.method} scores")
+        return SubModel(
+            components=frozenset(c for c, _ in picked), name=name or f"{self.task}-top", description=f"from {self.method} scores"
+        )
 
     def to_frame(self) -> Any:
         """A pandas DataFrame: one row per component with score, raw metric, kind, layer, index, pos."""
@@ -95,13 +99,23 @@ class Scores:
             for idx in torch.cartesian_prod(*[torch.arange(n) for n in t.shape]).view(-1, t.ndim).tolist():
                 c = _component(kind, idx, self.per_position and kind != "neurons")
                 rows.append(
-                    {"component": str(c), "kind": kind, "layer": c.layer, "index": c.index, "pos": c.pos,
-                     "score": float(t[tuple(idx)]), "raw": None if raw is None else float(raw[tuple(idx)])}
+                    {
+                        "component": str(c),
+                        "kind": kind,
+                        "layer": c.layer,
+                        "index": c.index,
+                        "pos": c.pos,
+                        "score": float(t[tuple(idx)]),
+                        "raw": None if raw is None else float(raw[tuple(idx)]),
+                    }
                 )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")}
+        out: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")
+        }
         for kind in KINDS:
             for key in (kind, f"raw_{kind}"):
                 t = getattr(self, key)
@@ -110,9 +124,24 @@ class Scores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scores:
-        tensors = {k: None if data.get(k) is None else torch.tensor(data[k]) for k in (*KINDS, *(f"raw_{k}" for k in KINDS))}
-        rest = {k: data[k] for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")}
-        return cls(**tensors, **rest)
+        def tensor(key: str) -> Tensor | None:
+            return None if data.get(key) is None else torch.tensor(data[key])
+
+        return cls(
+            heads=tensor("heads"),
+            neurons=tensor("neurons"),
+            mlps=tensor("mlps"),
+            raw_heads=tensor("raw_heads"),
+            raw_neurons=tensor("raw_neurons"),
+            raw_mlps=tensor("raw_mlps"),
+            clean_metric=float(data["clean_metric"]),
+            corrupt_metric=float(data["corrupt_metric"]),
+            method=str(data["method"]),
+            direction=data["direction"],
+            metric=str(data["metric"]),
+            per_position=bool(data["per_position"]),
+            task=str(data["task"]),
+        )
 
 
 def _component(kind: Kind, idx: list[int], per_position: bool) -> Component:

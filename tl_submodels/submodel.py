@@ -132,7 +132,9 @@ class SubModel:
             )
         if not isinstance(data.get("components"), list):
             raise TLSubmodelsError("sub-model JSON needs a 'components' list of strings such as 'L1H3'")
-        return cls(components=data["components"], name=data.get("name") or "submodel", description=data.get("description", ""))
+        return cls(
+            components=data["components"], name=data.get("name") or "submodel", description=data.get("description", "")
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write JSON to ``path``."""

@@ -103,7 +103,9 @@ class Task:
         if self.metric_fn is None and self.metric_name == "logit_diff" and self.wrong is None:
             raise TLSubmodelsError("metric 'logit_diff' needs wrong tokens: pass wrong=..., or use metric='logprob'")
         if self.metric_fn is None and self.metric_name == "kl" and self.reference is None:
-            raise TLSubmodelsError("metric 'kl' needs the clean run's logits: build the task with Task.from_tokens(model, ...)")
+            raise TLSubmodelsError(
+                "metric 'kl' needs the clean run's logits: build the task with Task.from_tokens(model, ...)"
+            )
 
     # ----------------------------------------------------------------------------------------
     # Construction
@@ -140,7 +142,9 @@ class Task:
         """
         info = tlmodel.model_info(model)
         device = tlmodel.first_param_device(model)
-        metric_name, metric_fn = (metric, None) if isinstance(metric, str) else (getattr(metric, "__name__", "custom"), metric)
+        metric_name, metric_fn = (
+            (metric, None) if isinstance(metric, str) else (getattr(metric, "__name__", "custom"), metric)
+        )
         task = cls(
             clean=_as_tokens(clean, "clean").to(device),
             corrupt=_as_tokens(corrupt, "corrupt").to(device),
@@ -154,7 +158,9 @@ class Task:
             reference=torch.zeros(1, info.d_vocab) if metric_name == "kl" else None,  # placeholder, set below
         )
         if task.clean.shape[1] > info.n_ctx:
-            raise TLSubmodelsError(f"prompts are {task.clean.shape[1]} tokens long; the model's context is n_ctx={info.n_ctx}")
+            raise TLSubmodelsError(
+                f"prompts are {task.clean.shape[1]} tokens long; the model's context is n_ctx={info.n_ctx}"
+            )
         if metric_name == "kl" and metric_fn is None:
             ref = task.final_logits(tlmodel.run_logits(model, task.clean))
             task = task.replace(reference=ref)
@@ -192,7 +198,7 @@ class Task:
             raise TLSubmodelsError("no prompts given: pass at least one clean/corrupt pair")
         c_ids = [tlmodel.tokenize(model, p, prepend_bos=prepend_bos) for p in clean]
         x_ids = [tlmodel.tokenize(model, p, prepend_bos=prepend_bos) for p in corrupt]
-        for i, (a, b) in enumerate(zip(c_ids, x_ids)):
+        for i, (a, b) in enumerate(zip(c_ids, x_ids, strict=True)):
             if len(a) != len(b):
                 raise TLSubmodelsError(
                     f"example {i}: clean {clean[i]!r} is {len(a)} tokens but corrupt {corrupt[i]!r} is {len(b)}; "
@@ -222,7 +228,11 @@ class Task:
     def subset(self, index: Int[Tensor, " n"] | slice | Sequence[int]) -> Task:
         """The examples at ``index``."""
         idx = torch.arange(self.batch)[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
-        pick = {k: getattr(self, k)[idx.to(self.clean.device)] for k in ("clean", "corrupt", "answer", "wrong", "position", "reference") if getattr(self, k) is not None}
+        pick = {
+            k: getattr(self, k)[idx.to(self.clean.device)]
+            for k in ("clean", "corrupt", "answer", "wrong", "position", "reference")
+            if getattr(self, k) is not None
+        }
         return self.replace(**pick)
 
     # ----------------------------------------------------------------------------------------
@@ -292,7 +302,9 @@ class Task:
                 ref_logp = ref.float().log_softmax(-1)
                 out = (ref_logp.exp() * (ref_logp - logits.log_softmax(-1))).sum(-1)
         if torch.isnan(out).any():
-            raise TLSubmodelsError(f"metric {self.metric_name!r} returned NaN for {int(torch.isnan(out).sum())} of {rows} rows")
+            raise TLSubmodelsError(
+                f"metric {self.metric_name!r} returned NaN for {int(torch.isnan(out).sum())} of {rows} rows"
+            )
         return out
 
     def _tiled(self, copies: int) -> Task:
@@ -300,8 +312,12 @@ class Task:
             return None if t is None else t.repeat(copies, *([1] * (t.ndim - 1)))
 
         return self.replace(
-            clean=rep(self.clean), corrupt=rep(self.corrupt), answer=rep(self.answer), wrong=rep(self.wrong),
-            position=rep(self.position), reference=rep(self.reference),
+            clean=rep(self.clean),
+            corrupt=rep(self.corrupt),
+            answer=rep(self.answer),
+            wrong=rep(self.wrong),
+            position=rep(self.position),
+            reference=rep(self.reference),
         )
 
     def metric(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
@@ -325,5 +341,9 @@ class Task:
 
     def to(self, device: torch.device | str) -> Task:
         """The task with its tensors on ``device``."""
-        moved = {k: getattr(self, k).to(device) for k in ("clean", "corrupt", "answer", "wrong", "position", "reference") if getattr(self, k) is not None}
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in ("clean", "corrupt", "answer", "wrong", "position", "reference")
+            if getattr(self, k) is not None
+        }
         return self.replace(**moved)

@@ -30,7 +30,7 @@ from tl_submodels.task import Task
 ROOT = Path(__file__).resolve().parent
 
 
-def list() -> builtins.list[str]:  # noqa: A001 - the zoo's verb
+def list() -> builtins.list[str]:
     """Names of the zoo models.
 
     Example:
@@ -67,13 +67,20 @@ def info(name: str) -> dict[str, Any]:
 def load(name: str, *, device: str | None = None) -> Any:
     """The zoo model ``name`` in eval mode: a TransformerBridge on TL 4, a HookedTransformer on TL 2.
 
+    The zoo's word-level tokenizer comes with it: token 0 is ``<bos>``, token i reads ``t{i}``.
+
     Example:
         >>> model = tls.zoo.load("induction-2l")  # doctest: +SKIP
     """
     folder = _folder(name)
     cfg = json.loads((folder / "config.json").read_text())
     state = load_file(folder / "weights.safetensors")
-    return tlmodel.build_from_tl_checkpoint(cfg, state, device=device)
+    tokenizer = None
+    if (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return tlmodel.build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
 
 
 def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None) -> Task:
@@ -94,7 +101,9 @@ def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None)
     card = _card(name)
     tasks = builtins.list(card["tasks"])
     if task not in tasks:
-        raise TLSubmodelsError(f"zoo model {name!r} has no task {task!r}; its tasks are {tasks}." + did_you_mean(task, tasks))
+        raise TLSubmodelsError(
+            f"zoo model {name!r} has no task {task!r}; its tasks are {tasks}." + did_you_mean(task, tasks)
+        )
     if n < 1:
         raise TLSubmodelsError(f"n must be a positive number of examples, got {n}")
     builder = _BUILDERS[card["tasks"][task]["builder"]]
@@ -106,11 +115,11 @@ def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None)
 def _induction(card: dict[str, Any], n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """clean: BOS, A, A[:-1]; corrupt: BOS, A, B[:-1]; answer A[-1]; wrong B[-1] (B random, B[-1] != A[-1])."""
     spec = card["tasks"]["induction"]
-    length, vocab, bos = spec["segment"], card["d_vocab"], card["bos_token"]
-    a = torch.randint(1, vocab, (n, length), generator=gen)
-    b = torch.randint(1, vocab, (n, length), generator=gen)
+    length, (lo, hi), bos = spec["segment"], card["symbols"], card["bos_token"]
+    a = torch.randint(lo, hi + 1, (n, length), generator=gen)
+    b = torch.randint(lo, hi + 1, (n, length), generator=gen)
     clash = b[:, -1] == a[:, -1]
-    b[clash, -1] = a[clash, -1] % (vocab - 1) + 1
+    b[clash, -1] = (a[clash, -1] - lo + 1) % (hi - lo + 1) + lo
     head = torch.cat([torch.full((n, 1), bos), a], dim=1)
     clean = torch.cat([head, a[:, :-1]], dim=1)
     corrupt = torch.cat([head, b[:, :-1]], dim=1)
