@@ -37,8 +37,11 @@ lint: .venv/.installed
 typecheck: .venv/.installed
 	.venv/bin/mypy tl_submodels
 
+# On TL 4 every test but the deliberately ill-typed ones also runs under jaxtyping + beartype,
+# which checks every annotated tensor shape in tl_submodels at run time.
 test-tl4: .venv/.installed
-	.venv/bin/python -m pytest tests
+	.venv/bin/python -m pytest tests -m "not ill_typed" --jaxtyping-packages=tl_submodels,beartype.beartype
+	.venv/bin/python -m pytest tests -m ill_typed
 
 test-tl2: .venv-tl2/.installed
 	.venv-tl2/bin/python -m pytest tests

@@ -216,6 +216,7 @@ def main() -> None:
         return
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # bit-for-bit reproducible: reductions do not depend on the thread count
 
     params, info = train_induction(args.steps, args.seed)
     cfg = INDUCTION_CFG

@@ -36,6 +36,7 @@ def test_parse_errors(bad):
         parse_component(bad)
 
 
+@pytest.mark.ill_typed
 def test_constructor_errors():
     with pytest.raises(tls.TLSubmodelsError, match="non-negative"):
         Head(-1, 0)

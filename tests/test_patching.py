@@ -113,6 +113,7 @@ def test_metric_raising_midway_leaves_no_hook(mlp_model):
     assert_same_weights(mlp_model, snap)
 
 
+@pytest.mark.ill_typed
 def test_bad_input(mlp_model, mlp_task, induction_model, induction_task):
     with pytest.raises(tls.TLSubmodelsError, match="kind"):
         tls.patch(mlp_model, mlp_task, kinds="attention")

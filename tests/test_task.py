@@ -57,6 +57,7 @@ def test_from_prompts_pads_and_reads_last_token(induction_model):
         tls.Task.from_prompts(induction_model, clean=["t5"], corrupt=["t6"], answer=["t3 t4"], wrong=["t1"])
 
 
+@pytest.mark.ill_typed
 def test_bad_input(mlp_model, mlp_task):
     with pytest.raises(
         tls.TLSubmodelsError,

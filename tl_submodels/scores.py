@@ -86,7 +86,9 @@ class Scores:
             raise TLSubmodelsError("pass exactly one of k=... or threshold=...")
         picked = self.top(k) if k is not None else [cv for cv in self.items() if abs(cv[1]) >= (threshold or 0.0)]
         return SubModel(
-            components=frozenset(c for c, _ in picked), name=name or f"{self.task}-top", description=f"from {self.method} scores"
+            components=frozenset(c for c, _ in picked),
+            name=name or f"{self.task}-top",
+            description=f"from {self.method} scores",
         )
 
     def to_frame(self) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ SCHEMA = "tl_submodels.submodel"
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, init=False)
 class SubModel:
     """A named set of heads, neurons and MLP layers.
 
     Args:
-        components: components or their strings (``"L1H3"``, ``"L0N17"``, ``"MLP2"``).
+        components: components or their strings (``"L1H3"``, ``"L0N17"``, ``"MLP2"``), any iterable.
         name: a label.
         description: free text (how it was found, what it does).
 
@@ -36,21 +36,25 @@ class SubModel:
         (['L1H2'], 3)
     """
 
-    components: frozenset[Component] = field(default_factory=frozenset)
-    name: str = "submodel"
-    description: str = ""
+    components: frozenset[Component]
+    name: str
+    description: str
 
-    def __post_init__(self) -> None:
-        raw: Any = self.components
+    def __init__(
+        self, *, components: Iterable[Component | str] = (), name: str = "submodel", description: str = ""
+    ) -> None:
+        raw: Any = components
         if isinstance(raw, str | Component):
             raw = [raw]
         try:
             items = frozenset(parse_component(c) for c in raw)
         except TypeError as e:
             raise TLSubmodelsError(f"components must be an iterable of components or strings, got {raw!r}") from e
+        if not isinstance(name, str) or not name:
+            raise TLSubmodelsError(f"name must be a non-empty string, got {name!r}")
         object.__setattr__(self, "components", items)
-        if not isinstance(self.name, str) or not self.name:
-            raise TLSubmodelsError(f"name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "description", description)
 
     # Set algebra -------------------------------------------------------------------------------
 

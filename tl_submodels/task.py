@@ -145,25 +145,25 @@ class Task:
         metric_name, metric_fn = (
             (metric, None) if isinstance(metric, str) else (getattr(metric, "__name__", "custom"), metric)
         )
+        needs_reference = metric_name == "kl" and metric_fn is None
         task = cls(
             clean=_as_tokens(clean, "clean").to(device),
             corrupt=_as_tokens(corrupt, "corrupt").to(device),
             answer=_as_tokens(answer, "answer"),
             wrong=None if wrong is None else _as_tokens(wrong, "wrong"),
             position=None if position is None else _as_tokens(position, "position"),
-            metric_name=metric_name,
+            metric_name="logprob" if needs_reference else metric_name,  # kl is set below, once inputs are checked
             metric_fn=metric_fn,
             d_vocab=info.d_vocab,
             name=name,
-            reference=torch.zeros(1, info.d_vocab) if metric_name == "kl" else None,  # placeholder, set below
         )
         if task.clean.shape[1] > info.n_ctx:
             raise TLSubmodelsError(
                 f"prompts are {task.clean.shape[1]} tokens long; the model's context is n_ctx={info.n_ctx}"
             )
-        if metric_name == "kl" and metric_fn is None:
+        if needs_reference:
             ref = task.final_logits(tlmodel.run_logits(model, task.clean))
-            task = task.replace(reference=ref)
+            task = task.replace(metric_name="kl", reference=ref)
         return task
 
     @classmethod
