@@ -6,6 +6,12 @@ on, and a logit-difference metric. Each line of stdout is one JSON object: the t
 function and of ``tls.patch`` for the same scores (best of 3 after one warm-up), the speedup, and
 the largest difference between the raw metric values of the two. Progress goes to stderr.
 
+TL's functions run under ``torch.no_grad()`` (no autograd graph: a conservative baseline). Every
+line carries the 1-minute load average: about the thread count when this script runs alone, more
+when other work shares the CPU (timings are then unreliable). Calls slower than ``SLOW_S`` are
+timed once. ``*_small_batch`` fields time ``tls.patch(..., batch_size=SMALL_BATCH)`` beside the
+default memory budget, which on CPU makes tensors far larger than the caches.
+
 Usage:
     .venv/bin/python scripts/bench_patching.py
 """
@@ -49,10 +55,12 @@ CFG: dict[str, Any] = {
 }
 BATCH, SEQ, DIFF_AT = 16, 32, 16
 REPEATS = 3
-# A baseline whose first call takes longer than this is timed once only (TL's heads_by_pos: 1024
-# forwards per call, already an average over many forwards), to keep the script near 3 minutes.
+# A call whose first run takes longer than this is timed once only (TL's heads_by_pos: 1024 forwards
+# per call, already an average over many; tls.patch of every neuron), to keep the script near 3 minutes.
 SLOW_S = 15.0
 N_NEURON_SAMPLES = 20
+# tls.patch's default batch (max_memory_mb=1024) is far larger than a CPU cache; also time this one.
+SMALL_BATCH = 256
 
 
 def log(msg: str) -> None:
@@ -216,6 +224,9 @@ def main() -> int:
     log("heads_by_pos (TL runs 1024 forwards per call)")
     tl_s, tl_n, tl_res = best_of(tl(tl_patching.get_act_patch_attn_head_out_by_pos), slow_s=SLOW_S)
     ours_s, _, (scores, fb) = best_of(lambda: run_ours(model, task, kinds="heads", per_position=True))
+    small_s, _, (small, _) = best_of(
+        lambda: run_ours(model, task, kinds="heads", per_position=True, batch_size=SMALL_BATCH)
+    )
     emit(
         "heads_by_pos",
         tl_seconds=tl_s,
@@ -223,6 +234,10 @@ def main() -> int:
         ours_seconds=ours_s,
         speedup=tl_s / ours_s,
         max_abs_diff=max_abs_diff(scores.raw_heads, tl_res),
+        ours_seconds_small_batch=small_s,
+        speedup_small_batch=tl_s / small_s,
+        small_batch_size=SMALL_BATCH,
+        max_abs_diff_small_batch=max_abs_diff(small.raw_heads, tl_res),
         tl_forwards=CFG["n_layers"] * CFG["n_heads"] * SEQ,
         fast_path_fell_back=fb,
     )
@@ -245,7 +260,10 @@ def main() -> int:
 
     # 5. Every neuron.
     log("neurons")
-    ours_s, _, (scores, fb) = best_of(lambda: run_ours(model, task, kinds="neurons"))
+    ours_s, ours_n, (scores, fb) = best_of(lambda: run_ours(model, task, kinds="neurons"), slow_s=SLOW_S)
+    small_s, small_n, (small, _) = best_of(
+        lambda: run_ours(model, task, kinds="neurons", batch_size=SMALL_BATCH), slow_s=SLOW_S
+    )
     n_layers, d_mlp = CFG["n_layers"], CFG["d_mlp"]
     g = torch.Generator().manual_seed(2)
     picks = [
@@ -271,15 +289,21 @@ def main() -> int:
         times.append(time.perf_counter() - t0)
     per_fwd = sum(times) / len(times)
     est_s = per_fwd * n_layers * d_mlp
-    assert scores.raw_neurons is not None
+    assert scores.raw_neurons is not None and small.raw_neurons is not None
     sample_diff = max(abs(v - float(scores.raw_neurons[layer, n])) for v, (layer, n) in zip(values, picks, strict=True))
     emit(
         "neurons",
         ours_seconds=ours_s,
+        ours_repeats=ours_n,
         n_neurons=n_layers * d_mlp,
         tl_style_seconds_per_forward=per_fwd,
         tl_style_estimated_seconds=est_s,
         speedup=est_s / ours_s,
+        ours_seconds_small_batch=small_s,
+        ours_repeats_small_batch=small_n,
+        speedup_small_batch=est_s / small_s,
+        small_batch_size=SMALL_BATCH,
+        max_abs_diff_small_vs_default=max_abs_diff(small.raw_neurons, scores.raw_neurons),
         sampled_neurons=len(picks),
         max_abs_diff_sampled=sample_diff,
         fast_path_fell_back=fb,

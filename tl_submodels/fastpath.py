@@ -1,12 +1,13 @@
 """A forward pass over TL-layout weights that skips the work patching cannot change.
 
 Patching one component in layer ``l`` leaves every earlier layer, and every position before the
-first clean/corrupt difference, exactly as in the unpatched run (attention is causal). This module
-runs a standard pre-norm transformer from layer ``l`` on the positions from that difference on,
-reusing the cached keys and values of the shared prefix, and in the last layer computes queries,
-MLP and unembedding only at the positions the metric reads. Many patched copies of the batch run
-in one call; a callback edits the activations of each site (``hook_z``, ``mlp.hook_post``,
-``hook_mlp_out``) as TransformerLens hooks would.
+first clean/corrupt difference, exactly as in the unpatched run (attention is causal); and it
+changes the residual stream by an amount known without running the patched layer: a head's
+``(z_new - z) @ W_O[h]``, a neuron's ``(post_new - post) * W_out[n]``, an MLP's output difference.
+This module continues a standard pre-norm transformer from that point (after the patched layer's
+attention or MLP), on the positions from the first difference on, reusing the cached keys and
+values of the shared prefix, and in the last layer computes queries, MLP and unembedding only at
+the positions the metric reads. Many patched copies of the batch run in one call.
 
 patching.py checks the logits of this path against the model's own forward on every call and
 falls back to hooks when they differ.
@@ -14,7 +15,7 @@ falls back to hooks when they differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal
 
 import einops
 import torch
@@ -22,16 +23,17 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_submodels.components import Kind
 from tl_submodels.model import StandardWeights
 
-# (layer, kind, activation [rows, pos, ...], absolute positions [rows, pos]) -> activation
-PatchFn = Callable[[int, Kind, Tensor, Tensor], Tensor]
+# Where in a layer a residual stream is taken: its entry, after attention, after the MLP.
+Stage = Literal["pre", "attn", "mlp"]
 
 
 def _norm(x: Tensor, params: tuple[Tensor | None, Tensor | None], kind: str | None, eps: float) -> Tensor:
     if kind is None:
         return x
+    if kind in ("LN", "LNPre"):  # TL's LayerNorm: biased variance, eps inside the square root
+        return F.layer_norm(x, x.shape[-1:], params[0], params[1], eps)
     if kind.startswith("LN"):
         x = x - x.mean(-1, keepdim=True)
     x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
@@ -53,6 +55,11 @@ def _act(x: Tensor, name: str | None) -> Tensor:
     if name == "silu":
         return F.silu(x)
     raise ValueError(f"unsupported act_fn {name!r}")
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight + bias`` as one fused matrix product over the flattened leading axes."""
+    return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[-1])
 
 
 class PrefixRunner:
@@ -80,17 +87,28 @@ class PrefixRunner:
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.start, self.seq_len = start, seq_len
         self.out_pos = out_pos
-        self.n_layers = weights.W_Q.shape[0]
+        self.n_layers, self.n_heads, _, self.d_head = weights.W_Q.shape
+        # 2-D weights for single matrix products: [d_model, 3 * heads * d_head] for q, k, v.
+        self.W_QKV = [
+            einops.rearrange(torch.stack([weights.W_Q[l], weights.W_K[l], weights.W_V[l]]), "t h d e -> d (t h e)")
+            for l in range(self.n_layers)
+        ]
+        self.b_QKV = [
+            torch.stack([weights.b_Q[l], weights.b_K[l], weights.b_V[l]]).flatten() for l in range(self.n_layers)
+        ]
+        self.W_O2 = [einops.rearrange(weights.W_O[l], "h e d -> (h e) d") for l in range(self.n_layers)]
 
     def run(
         self,
         resid: Float[Tensor, "rows suffix d_model"],
         layer: int,
-        patch: PatchFn | None = None,
+        after: Stage = "pre",
     ) -> Float[Tensor, "rows d_vocab"]:
-        """Final-position logits of every row, starting at ``layer`` from the suffix residual.
+        """Final-position logits of every row, continuing the forward from ``resid``.
 
-        Rows are ``copies x batch``, copy-major (row ``c * batch + b`` is example ``b``).
+        ``resid`` is the residual stream over the suffix positions at a point of ``layer``: its
+        entry (``"pre"``), after its attention (``"attn"``) or after its MLP (``"mlp"``). Rows are
+        ``copies x batch``, copy-major (row ``c * batch + b`` is example ``b``).
         """
         w, d = self.w, self.start
         batch = self.out_pos.shape[0]
@@ -98,39 +116,40 @@ class PrefixRunner:
         copies = rows // batch
         device = resid.device
         q_rel = (self.out_pos - d).to(device)  # [batch]
-        suffix_pos = torch.arange(d, self.seq_len, device=device)
         x = resid
-        for l in range(layer, self.n_layers):
-            last = l == self.n_layers - 1
+        first = layer if after == "pre" else layer + 1
+        if after == "attn" and layer == self.n_layers - 1:
+            x = self._gather(x, q_rel, copies)
+        if after == "attn":
+            x = self._mlp(x, layer)
+        he = self.n_heads * self.d_head
+        for l in range(first, self.n_layers):
             h = _norm(x, w.ln1[l], w.normalization, w.eps)
-            k = torch.einsum("npd,hde->nphe", h, w.W_K[l]) + w.b_K[l]
-            v = torch.einsum("npd,hde->nphe", h, w.W_V[l]) + w.b_V[l]
-            if last:  # queries, MLP and unembedding only where the metric reads
+            if l == self.n_layers - 1:  # queries, MLP and unembedding only where the metric reads
+                kv = _linear(h, self.W_QKV[l][:, he:], self.b_QKV[l][he:])
+                k, v = kv[..., :he], kv[..., he:]
                 h = self._gather(h, q_rel, copies)
                 x = self._gather(x, q_rel, copies)
-                pos = self.out_pos.to(device).repeat(copies)[:, None]
+                q = _linear(h, self.W_QKV[l][:, :he], self.b_QKV[l][:he])
                 allowed = torch.arange(s, device=device)[None, None, :] <= q_rel[:, None, None]
             else:
-                pos = suffix_pos[None].expand(rows, s)
+                q, k, v = _linear(h, self.W_QKV[l], self.b_QKV[l]).split(he, dim=-1)
                 allowed = torch.ones(s, s, dtype=torch.bool, device=device).tril()[None]
-            q = torch.einsum("npd,hde->nphe", h, w.W_Q[l]) + w.b_Q[l]
+            q, k, v = (t.unflatten(-1, (self.n_heads, self.d_head)) for t in (q, k, v))
             scale = w.attn_scale * (l + 1 if w.scale_by_layer else 1)
             z = self._attend(q, k, v, l, allowed, copies, scale)
-            if patch is not None:
-                z = patch(l, "heads", z, pos)
-            x = x + torch.einsum("nphe,hed->npd", z, w.W_O[l]) + w.b_O[l]
-            if w.W_in is not None:
-                assert w.b_in is not None and w.W_out is not None and w.b_out is not None
-                h2 = _norm(x, w.ln2[l], w.normalization, w.eps)
-                post = _act(h2 @ w.W_in[l] + w.b_in[l], w.act_fn)
-                if patch is not None:
-                    post = patch(l, "neurons", post, pos)
-                mlp_out = post @ w.W_out[l] + w.b_out[l]
-                if patch is not None:
-                    mlp_out = patch(l, "mlps", mlp_out, pos)
-                x = x + mlp_out
+            x = self._mlp(x + _linear(z.flatten(-2), self.W_O2[l], w.b_O[l]), l)
+        if x.shape[1] != 1:  # started after the last layer's MLP
+            x = self._gather(x, q_rel, copies)
         x = _norm(x[:, 0], w.ln_final, w.normalization, w.eps)
         return x @ w.W_U + w.b_U
+
+    def _mlp(self, x: Tensor, layer: int) -> Tensor:
+        w = self.w
+        if w.W_in is None or w.b_in is None or w.W_out is None or w.b_out is None:
+            return x
+        h = _norm(x, w.ln2[layer], w.normalization, w.eps)
+        return x + _linear(_act(_linear(h, w.W_in[layer], w.b_in[layer]), w.act_fn), w.W_out[layer], w.b_out[layer])
 
     @staticmethod
     def _gather(t: Tensor, q_rel: Tensor, copies: int) -> Tensor:

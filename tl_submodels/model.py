@@ -59,6 +59,16 @@ def hook_resid_pre(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre"
 
 
+def hook_resid_mid(layer: int) -> str:
+    """Residual stream between a block's attention and its MLP (models with MLPs)."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def hook_resid_post(layer: int) -> str:
+    """Residual stream leaving a block."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
 def hook_pattern(layer: int) -> str:
     """Attention pattern: ``[batch, head_index, query_pos, key_pos]``."""
     return f"blocks.{layer}.attn.hook_pattern"

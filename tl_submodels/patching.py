@@ -16,27 +16,33 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Kind, check_kinds
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.fastpath import PrefixRunner
+from tl_submodels.fastpath import PrefixRunner, Stage
+from tl_submodels.model import StandardWeights
 from tl_submodels.scores import Direction, Scores
 from tl_submodels.task import Task
 
 FAST_TOLERANCE = 1e-4
+# On a CPU, forwards of more rows than this stop fitting the caches and get slower per row
+# (scripts/bench_patching.py: 256 rows ran 1.6x faster than the ~2,600 a 1 GiB budget allows).
+CPU_ROWS = 256
 
 
 @dataclass
 class _Group:
-    """The patched copies of one (layer, kind): copy r patches ``units[r]`` at ``positions[r]``."""
+    """The patched copies of one (layer, kind): copy r patches unit ``units[r]`` where ``pos_mask[r]``."""
 
     layer: int
     kind: Kind
-    unit_mask: Tensor  # [copies, units] bool
+    units: Tensor  # [copies] head / neuron index (0 for an MLP)
     pos_mask: Tensor  # [copies, seq] bool
     out_index: list[tuple[int, ...]]  # where each copy's value goes in the result tensor
 
@@ -64,7 +70,8 @@ def patch(
             (``Scores.heads`` becomes ``[layer, pos, head]``, ``Scores.mlps`` ``[layer, pos]``).
         direction: ``"denoising"`` (run corrupt, patch in clean; the score is the fraction of
             the gap restored) or ``"noising"`` (run clean, patch in corrupt; the fraction destroyed).
-        batch_size: rows (copies x examples) per forward; default: fit ``max_memory_mb``.
+        batch_size: rows (copies x examples) per forward; default: fit ``max_memory_mb``, and at
+            most 256 on a CPU, where larger forwards run slower per row.
         max_memory_mb: activation memory budget per forward, used when batch_size is None.
         progress: show a tqdm progress bar.
         fast: use the prefix-reusing forward where the model allows it (False: hooks only).
@@ -103,12 +110,20 @@ def patch(
 
     sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(n_layers)]
     resid_names = [tlmodel.hook_resid_pre(layer) for layer in range(n_layers)]
-    kv_names = [h(layer) for layer in range(n_layers) for h in (tlmodel.hook_k, tlmodel.hook_v)]
-    source_logits, source = tlmodel.run_cache(model, source_tokens, sites)
-    use_fast = fast and tlmodel.is_attention_causal(model)
+    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
+    fast_names = sites + [
+        h(layer)
+        for layer in range(n_layers)
+        for h in (tlmodel.hook_k, tlmodel.hook_v, after_attn, tlmodel.hook_resid_post)
+    ]
+    use_fast = fast and tlmodel.is_attention_causal(model) and all(n in model.hook_dict for n in fast_names)
     weights = tlmodel.standard_weights(model) if use_fast else None
-    base_names = resid_names + (kv_names if weights is not None and all(n in model.hook_dict for n in kv_names) else [])
-    base_logits, base = tlmodel.run_cache(model, base_tokens, base_names)
+    # One forward over both runs (rows are independent): source rows first, then base rows.
+    names = set(sites) | set(resid_names) | (set(fast_names) if weights else set())
+    both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), names)
+    source_logits, base_logits = both_logits[:batch], both_logits[batch:]
+    source = {n: both[n][:batch] for n in sites}
+    base = {n: a[batch:] for n, a in both.items()}
 
     base_value = float(task.metric(base_logits))
     source_value = float(task.metric(source_logits))
@@ -124,7 +139,7 @@ def patch(
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention).
     start = min(task.first_difference(), int(out_pos.min())) if tlmodel.is_attention_causal(model) else 0
     runner = None
-    if weights is not None and len(base) == len(base_names) and len(base_names) > len(resid_names):
+    if weights is not None:
         runner = PrefixRunner(
             weights,
             [base[tlmodel.hook_k(layer)][:, :start] for layer in range(n_layers)],
@@ -134,7 +149,7 @@ def patch(
             out_pos,
         )
         with torch.no_grad():
-            check = runner.run(base[tlmodel.hook_resid_pre(0)][:, start:], 0)
+            check = runner.run(base[tlmodel.hook_resid_pre(0)][:, start:], 0, "pre")
         expected = task.final_logits(base_logits)
         err = float((check - expected).abs().max())
         if err > FAST_TOLERANCE * max(1.0, float(expected.abs().max())):
@@ -148,22 +163,30 @@ def patch(
     groups = _groups(info, kinds, per_position, start, seq)
     results = _empty_results(info, kinds, per_position, seq, base_value)
     rows_per_forward = batch_size or _rows_for_budget(info, seq - (start if runner else 0), max_memory_mb)
+    if batch_size is None and device.type == "cpu":
+        rows_per_forward = min(rows_per_forward, CPU_ROWS)
     copies_per_forward = max(1, rows_per_forward // batch)
-    n_chunks = sum(-(-g.unit_mask.shape[0] // copies_per_forward) for g in groups)
+    n_chunks = sum(-(-len(g.units) // copies_per_forward) for g in groups)
     bar = tqdm(total=n_chunks, desc=f"patching {task.name}", disable=not progress, unit="forward")
     try:
         for g in groups:
-            for lo in range(0, g.unit_mask.shape[0], copies_per_forward):
-                hi = min(lo + copies_per_forward, g.unit_mask.shape[0])
-                patcher = _Patcher(g, lo, hi, batch, source[tlmodel.site_hook(g.kind, g.layer)])
+            site = tlmodel.site_hook(g.kind, g.layer)
+            for lo in range(0, len(g.units), copies_per_forward):
+                hi = min(lo + copies_per_forward, len(g.units))
                 with torch.no_grad():
-                    if runner is not None:
-                        resid = base[tlmodel.hook_resid_pre(g.layer)][:, start:].repeat(hi - lo, 1, 1)
-                        final = runner.run(resid, g.layer, patcher.at_site)
+                    if runner is not None and weights is not None:
+                        # Start right after the patched site: its effect is a known change of the residual.
+                        delta = _site_delta(g, lo, hi, start, source[site] - base[site], weights)
+                        stage: Stage = "attn" if g.kind == "heads" else "mlp"
+                        after = (after_attn if g.kind == "heads" else tlmodel.hook_resid_post)(g.layer)
+                        resid = base[after][:, start:].repeat(hi - lo, 1, 1) + delta.to(base[after].device)
+                        final = runner.run(resid, g.layer, stage)
                     else:
+                        patcher = _Patcher(g, lo, hi, batch, source[site], info.n_units(g.kind))
                         resid = base[tlmodel.hook_resid_pre(g.layer)].repeat(hi - lo, 1, 1)
-                        hooks = [(tlmodel.site_hook(g.kind, g.layer), patcher.hook)]
-                        logits = tlmodel.forward_from(model, g.layer, base_tokens.repeat(hi - lo, 1), resid, hooks)
+                        logits = tlmodel.forward_from(
+                            model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)]
+                        )
                         final = task.final_logits(logits)
                 values = task.per_example(final).view(hi - lo, batch).mean(1)
                 for r, v in zip(range(lo, hi), values.tolist(), strict=True):
@@ -199,22 +222,44 @@ def _groups(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool
     groups = []
     for layer in range(info.n_layers):
         for kind in kinds:
-            units = info.n_units(kind)
+            n_units = info.n_units(kind)
             if per_position:
-                pairs = [(p, u) for p in range(start, seq) for u in range(units)]
-                unit_mask = torch.zeros(len(pairs), units, dtype=torch.bool)
+                pairs = [(p, u) for p in range(start, seq) for u in range(n_units)]
+                units = torch.tensor([u for _, u in pairs], dtype=torch.long)
                 pos_mask = torch.zeros(len(pairs), seq, dtype=torch.bool)
-                for r, (p, u) in enumerate(pairs):
-                    unit_mask[r, u] = True
-                    pos_mask[r, p] = True
+                pos_mask[torch.arange(len(pairs)), torch.tensor([p for p, _ in pairs], dtype=torch.long)] = True
                 index: list[tuple[int, ...]] = [(layer, p, u) if kind == "heads" else (layer, p) for p, u in pairs]
             else:
-                unit_mask = torch.eye(units, dtype=torch.bool)
-                pos_mask = torch.ones(units, seq, dtype=torch.bool)
-                index = [(layer, u) if kind != "mlps" else (layer,) for u in range(units)]
-            if unit_mask.shape[0]:
-                groups.append(_Group(layer, kind, unit_mask, pos_mask, index))
+                units = torch.arange(n_units)
+                pos_mask = torch.ones(n_units, seq, dtype=torch.bool)
+                index = [(layer, u) if kind != "mlps" else (layer,) for u in range(n_units)]
+            if len(units):
+                groups.append(_Group(layer, kind, units, pos_mask, index))
     return groups
+
+
+def _site_delta(
+    g: _Group, lo: int, hi: int, start: int, diff: Tensor, w: StandardWeights
+) -> Float[Tensor, "rows suffix d_model"]:
+    """How patching copies ``lo:hi`` of a group changes the residual stream after the site.
+
+    ``diff`` is source minus base activation at the site, ``[batch, pos, ...]``. A head adds
+    ``dz @ W_O[h]``, a neuron ``dpost * W_out[n]``, an MLP its output difference; only at the
+    copy's positions, and only from ``start`` on. Rows are copy-major.
+    """
+    units = g.units[lo:hi].to(diff.device)
+    where = g.pos_mask[lo:hi, start:].to(diff.device, diff.dtype)  # [copies, suffix]
+    diff = diff[:, start:]
+    if g.kind == "heads":
+        dz = einops.rearrange(diff[:, :, units], "b s c e -> c b s e") * where[:, None, :, None]
+        delta = torch.einsum("cbse,ced->cbsd", dz, w.W_O[g.layer][units].to(diff.device))
+    elif g.kind == "neurons":
+        assert w.W_out is not None
+        dpost = einops.rearrange(diff[:, :, units], "b s c -> c b s") * where[:, None, :]
+        delta = dpost[..., None] * w.W_out[g.layer][units].to(diff.device)[:, None, None, :]
+    else:
+        delta = diff[None] * where[:, None, :, None]
+    return einops.rearrange(delta, "c b s d -> (c b) s d")
 
 
 def _empty_results(
@@ -236,9 +281,10 @@ class _Patcher:
     the source value of its unit at its positions and keeps its own activation elsewhere.
     """
 
-    def __init__(self, g: _Group, lo: int, hi: int, batch: int, source: Tensor) -> None:
+    def __init__(self, g: _Group, lo: int, hi: int, batch: int, source: Tensor, n_units: int) -> None:
         self.layer, self.kind, self.source = g.layer, g.kind, source
-        self.unit_mask = g.unit_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, units]
+        unit_mask = torch.nn.functional.one_hot(g.units[lo:hi], n_units).bool()
+        self.unit_mask = unit_mask.to(source.device).repeat_interleave(batch, 0)  # [rows, units]
         self.pos_mask = g.pos_mask[lo:hi].to(source.device).repeat_interleave(batch, 0)  # [rows, seq]
         self.example = torch.arange(batch, device=source.device).repeat(hi - lo)  # [rows]
 
@@ -252,10 +298,6 @@ class _Patcher:
         if self.kind == "heads":
             mask = mask[..., None]
         return torch.where(mask.to(act.device), src.to(act.device, act.dtype), act)
-
-    def at_site(self, layer: int, kind: Kind, act: Tensor, pos: Tensor) -> Tensor:
-        """The fast path's callback: edit only this group's site."""
-        return self(act, pos) if (layer, kind) == (self.layer, self.kind) else act
 
     def hook(self, act: Tensor, hook: Any = None) -> Tensor:
         """A TransformerLens forward hook over all positions."""
