@@ -11,6 +11,7 @@ Example:
 
 from tl_submodels import zoo
 from tl_submodels.ablation import ablated, ablation_hooks, complement
+from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
 from tl_submodels.discovery import find_circuit
 from tl_submodels.errors import TLSubmodelsError
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "ablated",
     "ablation_hooks",
+    "attribute",
     "check_model",
     "complement",
     "evaluate",

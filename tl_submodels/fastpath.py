@@ -72,6 +72,7 @@ class PrefixRunner:
         start: the first position that differs between the two runs.
         seq_len: the full sequence length.
         out_pos: the position the metric reads, per example ``[batch]``.
+        prune_last: compute the last layer's queries and MLP only at ``out_pos`` (off: benchmarks).
     """
 
     def __init__(
@@ -82,11 +83,13 @@ class PrefixRunner:
         start: int,
         seq_len: int,
         out_pos: Int[Tensor, " batch"],
+        prune_last: bool = True,
     ) -> None:
         self.w = weights
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.start, self.seq_len = start, seq_len
         self.out_pos = out_pos
+        self.prune_last = prune_last
         self.n_layers, self.n_heads, _, self.d_head = weights.W_Q.shape
         # 2-D weights for single matrix products: [d_model, 3 * heads * d_head] for q, k, v.
         self.W_QKV = [
@@ -118,14 +121,14 @@ class PrefixRunner:
         q_rel = (self.out_pos - d).to(device)  # [batch]
         x = resid
         first = layer if after == "pre" else layer + 1
-        if after == "attn" and layer == self.n_layers - 1:
+        if after == "attn" and layer == self.n_layers - 1 and self.prune_last:
             x = self._gather(x, q_rel, copies)
         if after == "attn":
             x = self._mlp(x, layer)
         he = self.n_heads * self.d_head
         for l in range(first, self.n_layers):
             h = _norm(x, w.ln1[l], w.normalization, w.eps)
-            if l == self.n_layers - 1:  # queries, MLP and unembedding only where the metric reads
+            if l == self.n_layers - 1 and self.prune_last:  # queries, MLP, unembedding only where the metric reads
                 kv = _linear(h, self.W_QKV[l][:, he:], self.b_QKV[l][he:])
                 k, v = kv[..., :he], kv[..., he:]
                 h = self._gather(h, q_rel, copies)

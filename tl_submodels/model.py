@@ -222,6 +222,11 @@ def check_model(model: Any, kinds: Sequence[Kind] = ("heads",), *, training_ok: 
     return info
 
 
+def has_hooks(model: Any) -> bool:
+    """True while any forward or backward hook is registered on the model's hook points."""
+    return any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+
+
 def is_attention_causal(model: Any) -> bool:
     return getattr(model.cfg, "attention_dir", "causal") == "causal"
 

@@ -34,6 +34,8 @@ FAST_TOLERANCE = 1e-4
 # On a CPU, forwards of more rows than this stop fitting the caches and get slower per row
 # (scripts/bench_patching.py: 256 rows ran 1.6x faster than the ~2,600 a 1 GiB budget allows).
 CPU_ROWS = 256
+# Switches for scripts/bench_patching.py, which measures what each skipped piece of work saves.
+_TRICKS = {"prefix_reuse": True, "prune_last_layer": True}
 
 
 @dataclass
@@ -116,7 +118,14 @@ def patch(
         for layer in range(n_layers)
         for h in (tlmodel.hook_k, tlmodel.hook_v, after_attn, tlmodel.hook_resid_post)
     ]
-    use_fast = fast and tlmodel.is_attention_causal(model) and all(n in model.hook_dict for n in fast_names)
+    # The fast path runs over the weights, so hooks the caller has on the model (e.g. inside
+    # `with model.hooks(...)`) would not apply there: patch through hooks then.
+    use_fast = (
+        fast
+        and tlmodel.is_attention_causal(model)
+        and not tlmodel.has_hooks(model)
+        and all(n in model.hook_dict for n in fast_names)
+    )
     weights = tlmodel.standard_weights(model) if use_fast else None
     # One forward over both runs (rows are independent): source rows first, then base rows.
     names = set(sites) | set(resid_names) | (set(fast_names) if weights else set())
@@ -138,6 +147,7 @@ def patch(
     out_pos = task.out_pos
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention).
     start = min(task.first_difference(), int(out_pos.min())) if tlmodel.is_attention_causal(model) else 0
+    start = start if _TRICKS["prefix_reuse"] else 0
     runner = None
     if weights is not None:
         runner = PrefixRunner(
@@ -147,6 +157,7 @@ def patch(
             start,
             seq,
             out_pos,
+            prune_last=_TRICKS["prune_last_layer"],
         )
         with torch.no_grad():
             check = runner.run(base[tlmodel.hook_resid_pre(0)][:, start:], 0, "pre")

@@ -1,0 +1,147 @@
+"""Attribution (AtP, integrated gradients) against TransformerLens, exact patching and invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_same_weights, hook_count, make_mlp_task, random_tl_state, weights_snapshot
+
+import tl_submodels as tls
+from tl_submodels import model as tlmodel
+
+LINEAR_CFG = {
+    "n_layers": 2,
+    "n_heads": 3,
+    "d_model": 24,
+    "d_head": 8,
+    "d_mlp": None,
+    "d_vocab": 50,
+    "n_ctx": 24,
+    "attn_only": True,
+    "act_fn": None,
+    "normalization_type": None,
+    "positional_embedding_type": "standard",
+}
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra = a.flatten().argsort().argsort().double()
+    rb = b.flatten().argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+@pytest.mark.skipif(tls.TL_LINE != 4, reason="transformer_lens.tools.analysis.attribution_patching is TL 4 only")
+def test_atp_equals_transformer_lens_attribution_patch(mlp_model, mlp_task):
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    ours = tls.attribute(mlp_model, mlp_task, method="atp", kinds=("heads", "mlps"), per_position=True)
+    gap = ours.clean_metric - ours.corrupt_metric
+    reference: dict = {}
+    for i in range(mlp_task.batch):  # TL averages per-example scores; our metric is the batch mean
+        one = mlp_task.subset([i])
+        result = attribution_patch(mlp_model, one.clean, one.corrupt, one.metric)
+        for node, value in result.node_scores.items():
+            reference[node] = reference.get(node, 0.0) + value / mlp_task.batch
+    compared = 0
+    for node, value in reference.items():
+        if node.kind == "attn_head_out":
+            mine = ours.heads[node.layer, node.position, node.head] * gap
+        elif node.kind == "mlp_out":
+            mine = ours.mlps[node.layer, node.position] * gap
+        else:
+            continue
+        assert float(mine) == pytest.approx(value, abs=1e-4)
+        compared += 1
+    assert compared == 3 * 12 * 5
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_atp_is_exact_on_a_linear_model(direction):
+    """No normalisation and attention patterns frozen by a hook: the metric is linear in every head."""
+    state = {k: v for k, v in random_tl_state(LINEAR_CFG, seed=3).items() if ".ln" not in k and "ln_final" not in k}
+    model = tlmodel.build_from_tl_checkpoint(LINEAR_CFG, state)
+    task = make_mlp_task(model, seq=10, diff_at=4)
+    frozen = {}
+    _, cache = model.run_with_cache(task.corrupt)
+    for layer in range(2):
+        frozen[layer] = cache[f"blocks.{layer}.attn.hook_pattern"]
+
+    def freeze(pattern, hook):
+        ref = frozen[hook.layer()]
+        return ref.repeat(pattern.shape[0] // ref.shape[0], 1, 1, 1)
+
+    hooks = [(f"blocks.{layer}.attn.hook_pattern", freeze) for layer in range(2)]
+    with model.hooks(fwd_hooks=hooks):
+        exact = tls.patch(model, task, kinds="heads", direction=direction, per_position=True)
+        atp = tls.attribute(model, task, method="atp", kinds="heads", direction=direction, per_position=True)
+    torch.testing.assert_close(atp.heads, exact.heads, atol=1e-4, rtol=0)
+    torch.testing.assert_close(atp.raw_heads, exact.raw_heads, atol=1e-4, rtol=0)
+
+
+def test_ig_completeness_improves_with_steps(induction_model, induction_task):
+    """IG scores of one site sum to the effect of patching the whole site, closer as steps grow."""
+    model, task = induction_model, induction_task
+    layer1 = [f"L1H{h}" for h in range(4)]
+    hooks = tls.ablation_hooks(model, layer1, ablation="patch", reference=task.clean)
+    whole = float(task.metric(model.run_with_hooks(task.corrupt, fwd_hooks=hooks)))
+    target = whole - float(task.metric(model(task.corrupt)))
+    errors = []
+    for steps in (1, 2, 4, 16):
+        ig = tls.attribute(model, task, method="ig", kinds="heads", steps=steps)
+        total = float(ig.heads[1].sum()) * (ig.clean_metric - ig.corrupt_metric)
+        errors.append(abs(total - target))
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < 0.02 * abs(target)
+
+
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_ig_ranks_like_exact_patching(which, request):
+    model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
+    kinds = ("heads",) if which == "induction" else ("heads", "neurons", "mlps")
+    exact = tls.patch(model, task, kinds=kinds)
+    ig = tls.attribute(model, task, method="ig", kinds=kinds, steps=16)
+    atp = tls.attribute(model, task, method="atp", kinds=kinds)
+    for kind in kinds:
+        rho_ig = spearman(getattr(exact, kind), getattr(ig, kind))
+        rho_atp = spearman(getattr(exact, kind), getattr(atp, kind))
+        assert rho_ig >= 0.8, (kind, rho_ig, rho_atp)
+
+
+def test_batching_and_chunks_agree(mlp_model, mlp_task):
+    a = tls.attribute(mlp_model, mlp_task, method="atp", kinds=("heads", "neurons"))
+    b = tls.attribute(mlp_model, mlp_task, method="atp", kinds=("heads", "neurons"), batch_size=2)
+    torch.testing.assert_close(a.heads, b.heads, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.neurons, b.neurons, atol=1e-5, rtol=0)
+    c = tls.attribute(mlp_model, mlp_task, method="ig", kinds="heads", steps=4)
+    d = tls.attribute(mlp_model, mlp_task, method="ig", kinds="heads", steps=4, batch_size=6)
+    torch.testing.assert_close(c.heads, d.heads, atol=1e-5, rtol=0)
+
+
+def test_model_state_untouched(mlp_model, mlp_task):
+    snap, hooks = weights_snapshot(mlp_model), hook_count(mlp_model)
+    flags = [p.requires_grad for p in mlp_model.parameters()]
+    for method in ("atp", "ig"):
+        tls.attribute(mlp_model, mlp_task, method=method, kinds=("heads", "neurons", "mlps"), steps=2)
+    assert all(p.grad is None for p in mlp_model.parameters())
+    assert [p.requires_grad for p in mlp_model.parameters()] == flags
+    assert hook_count(mlp_model) == hooks
+    assert_same_weights(mlp_model, snap)
+
+
+def test_frozen_model_still_attributes(mlp_model, mlp_task):
+    for p in mlp_model.parameters():
+        p.requires_grad_(False)
+    try:
+        frozen = tls.attribute(mlp_model, mlp_task, kinds="heads")
+    finally:
+        for p in mlp_model.parameters():
+            p.requires_grad_(True)
+    torch.testing.assert_close(frozen.heads, tls.attribute(mlp_model, mlp_task, kinds="heads").heads)
+
+
+@pytest.mark.ill_typed
+def test_bad_input(mlp_model, mlp_task):
+    with pytest.raises(tls.TLSubmodelsError, match="unknown attribution method 'eap'"):
+        tls.attribute(mlp_model, mlp_task, method="eap")  # type: ignore[arg-type]
+    with pytest.raises(tls.TLSubmodelsError, match="steps must be a positive"):
+        tls.attribute(mlp_model, mlp_task, method="ig", steps=0)
