@@ -80,3 +80,17 @@ def test_unreachable_target_is_an_error_not_a_silent_circuit(mlp_model, mlp_task
 def test_circuit_with_mlps_reaches_target(mlp_model, mlp_task):
     sub = tls.find_circuit(mlp_model, mlp_task, target=0.8, kinds=("heads", "mlps"), ablation="zero")
     assert tls.evaluate(mlp_model, sub, mlp_task, ablation="zero").faithfulness >= 0.8
+
+
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
+    model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
+    target = 0.9 if which == "induction" else 0.8
+    exact = tls.find_circuit(model, task, target=target, method="exact")
+    fast = tls.find_circuit(model, task, target=target, method="attribution+exact")
+    ev_exact = tls.evaluate(model, exact, task)
+    ev_fast = tls.evaluate(model, fast, task)
+    assert ev_fast.faithfulness >= target and ev_exact.faithfulness >= target
+    if which == "induction":
+        truth = tls.zoo.info("induction-2l")["ground_truth"]
+        assert set(truth["previous_token_heads"]) | set(truth["induction_heads"]) <= {str(c) for c in fast}

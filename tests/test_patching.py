@@ -136,3 +136,24 @@ def test_bad_input(mlp_model, mlp_task, induction_model, induction_task):
 
     with pytest.raises(tls.TLSubmodelsError, match="one value per example"):
         tls.patch(mlp_model, make_mlp_task(mlp_model, metric=scalar_metric))
+
+
+def test_patching_a_subset_of_components(mlp_model, mlp_task):
+    full = tls.patch(mlp_model, mlp_task, kinds=("heads", "neurons", "mlps"))
+    some = tls.patch(mlp_model, mlp_task, kinds=("heads", "neurons", "mlps"), components=["L0H1", "L2N7", "MLP1"])
+    picked = {(0, 1): some.heads[0, 1], (2, 7): some.neurons[2, 7], (1,): some.mlps[1]}
+    torch.testing.assert_close(picked[(0, 1)], full.heads[0, 1])
+    torch.testing.assert_close(picked[(2, 7)], full.neurons[2, 7])
+    torch.testing.assert_close(picked[(1,)], full.mlps[1])
+    assert int(torch.isnan(some.heads).sum()) == 3 * 4 - 1 and int(torch.isnan(some.mlps).sum()) == 2
+    assert {str(c) for c, _ in some.items()} == {"L0H1", "L2N7", "MLP1"}
+
+
+@pytest.mark.ill_typed
+def test_patching_a_subset_bad_input(mlp_model, mlp_task):
+    with pytest.raises(tls.TLSubmodelsError, match="kinds"):
+        tls.patch(mlp_model, mlp_task, kinds="heads", components=["MLP1"])
+    with pytest.raises(tls.TLSubmodelsError, match="per_position=False"):
+        tls.patch(mlp_model, mlp_task, kinds="heads", components=["L0H1"], per_position=True)
+    with pytest.raises(tls.TLSubmodelsError, match="out of range"):
+        tls.patch(mlp_model, mlp_task, kinds="heads", components=["L9H1"])

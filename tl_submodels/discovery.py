@@ -1,17 +1,22 @@
 """Discovery: from scores to a sub-model that carries the behaviour.
 
-``find_circuit`` ranks components by exact patching, grows a sub-model in rank order until
-keep-only faithfulness reaches the target, then drops every member the target does not need.
+``find_circuit`` ranks components, grows a sub-model in rank order until keep-only faithfulness
+reaches the target, then drops every member the target does not need. Faithfulness is always
+measured by ablation, so the ranking decides only how small the result is and how much work it
+takes: ``method="exact"`` ranks by exact patching of every component; ``"attribution+exact"``
+ranks by attribution patching (one forward and backward), grows on that ranking, then patches
+exactly only the candidates it needs (the members and as many runners-up) and re-ranks those.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, ablation_hooks
+from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.patching import patch
@@ -20,6 +25,7 @@ from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
 
 LINEAR_SCAN = 64
+Method = Literal["exact", "attribution+exact"]
 
 
 def find_circuit(
@@ -30,6 +36,7 @@ def find_circuit(
     ablation: Ablation = "mean",
     kinds: tuple[Kind, ...] | None = None,
     scores: Scores | None = None,
+    method: Method = "exact",
     name: str | None = None,
     progress: bool = False,
 ) -> SubModel:
@@ -41,7 +48,9 @@ def find_circuit(
         target: faithfulness to reach, in (0, 1].
         ablation: how the rest of the model is ablated (reference: ``task.corrupt``).
         kinds: component kinds to rank (default: heads, and mlps where the model has MLPs).
-        scores: precomputed scores to rank by (default: ``tls.patch(model, task, kinds=kinds)``).
+        scores: precomputed scores to rank by (default: computed as ``method`` says).
+        method: ``"exact"`` (patch every component) or ``"attribution+exact"`` (rank by
+            attribution, patch exactly only the candidates needed).
         name: the sub-model's name (default ``"{task.name}-circuit"``).
         progress: show progress bars.
 
@@ -60,10 +69,14 @@ def find_circuit(
     """
     if not 0 < target <= 1:
         raise TLSubmodelsError(f"target is a faithfulness in (0, 1], got {target}")
+    if method not in ("exact", "attribution+exact"):
+        raise TLSubmodelsError(f"unknown method {method!r}: choose 'exact' or 'attribution+exact'")
     info = tlmodel.check_model(model, ())
-    scores = scores if scores is not None else patch(model, task, kinds=kinds or info.kinds(), progress=progress)
-    ranked = [c.without_pos() for c, _ in scores.top(10**9)]
-    ranked = list(dict.fromkeys(ranked))
+    kinds = kinds or info.kinds()
+    if scores is None:
+        scorer = patch if method == "exact" else attribute
+        scores = scorer(model, task, kinds=kinds, progress=progress)
+    ranked = list(dict.fromkeys(c.without_pos() for c, _ in scores.top(10**9)))
     task = task.to(tlmodel.first_param_device(model))
     reference = None if ablation == "zero" else task.corrupt
 
@@ -81,25 +94,19 @@ def find_circuit(
     def faith(keep: list[Component]) -> float:
         return (metric(keep) - nothing) / (full - nothing)
 
-    # Grow: the shortest prefix of the ranking that reaches the target.
-    n = len(ranked)
     if faith(ranked) < target:
         raise TLSubmodelsError(
-            f"keeping all {n} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
+            f"keeping all {len(ranked)} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
             "Rank more kinds (kinds=('heads', 'mlps')) or lower the target."
         )
-    if n <= LINEAR_SCAN:
-        k = next(k for k in range(1, n + 1) if faith(ranked[:k]) >= target)
-    else:  # doubling, then bisection
-        hi = 1
-        while hi < n and faith(ranked[:hi]) < target:
-            hi *= 2
-        lo, hi = hi // 2, min(hi, n)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)
-        k = hi
-    members = ranked[:k]
+    members = _grow(ranked, faith, target)
+    if method == "attribution+exact" and scores.method != "patch":
+        # Confirm with exact patching: the members and as many runners-up, re-ranked exactly.
+        candidates = ranked[: min(len(ranked), 2 * len(members))]
+        exact = patch(model, task, kinds=kinds, components=candidates, progress=progress)
+        reranked = [c for c, _ in exact.top(len(candidates))]
+        if faith(reranked) >= target:
+            members = _grow(reranked, faith, target)
     # Prune: drop members the target does not need, least important first.
     for c in tqdm(list(reversed(members)), desc="pruning", disable=not progress):
         trial = [m for m in members if m != c]
@@ -109,5 +116,22 @@ def find_circuit(
     return SubModel(
         components=frozenset(members),
         name=name or f"{task.name}-circuit",
-        description=f"find_circuit: exact patching ranking, {ablation} ablation, faithfulness {reached:.3f} (target {target})",
+        description=f"find_circuit: {method} ranking, {ablation} ablation, faithfulness {reached:.3f} (target {target})",
     )
+
+
+def _grow(ranked: list[Component], faith: Any, target: float) -> list[Component]:
+    """The shortest prefix of ``ranked`` whose faithfulness reaches ``target`` (the whole list does)."""
+    n = len(ranked)
+    if n <= LINEAR_SCAN:
+        k = next((k for k in range(1, n + 1) if faith(ranked[:k]) >= target), n)
+    else:  # doubling, then bisection
+        hi = 1
+        while hi < n and faith(ranked[:hi]) < target:
+            hi *= 2
+        lo, hi = hi // 2, min(hi, n)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)
+        k = hi
+    return ranked[:k]

@@ -13,6 +13,7 @@ cover are patched through hooks, still batched.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import Kind, check_kinds
+from tl_submodels.components import Component, Kind, check_kinds, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
 from tl_submodels.model import StandardWeights
@@ -60,6 +61,7 @@ def patch(
     max_memory_mb: float = 1024.0,
     progress: bool = False,
     fast: bool = True,
+    components: Iterable[Component | str] | None = None,
 ) -> Scores:
     """Exact patching scores for every component of the given kinds.
 
@@ -77,6 +79,8 @@ def patch(
         max_memory_mb: activation memory budget per forward, used when batch_size is None.
         progress: show a tqdm progress bar.
         fast: use the prefix-reusing forward where the model allows it (False: hooks only).
+        components: patch only these (e.g. candidates from attribution); the other entries of
+            the score tensors are NaN. Default: every component of ``kinds``.
 
     Returns:
         Scores with normalised effects and the raw metric of each patched run.
@@ -173,6 +177,10 @@ def patch(
 
     groups = _groups(info, kinds, per_position, start, seq)
     results = _empty_results(info, kinds, per_position, seq, base_value)
+    if components is not None:
+        if per_position:
+            raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
+        groups, results = _restrict(groups, results, info, kinds, components)
     rows_per_forward = batch_size or _rows_for_budget(info, seq - (start if runner else 0), max_memory_mb)
     if batch_size is None and device.type == "cpu":
         rows_per_forward = min(rows_per_forward, CPU_ROWS)
@@ -271,6 +279,39 @@ def _site_delta(
     else:
         delta = diff[None] * where[:, None, :, None]
     return einops.rearrange(delta, "c b s d -> (c b) s d")
+
+
+def _restrict(
+    groups: list[_Group],
+    results: dict[str, Tensor],
+    info: tlmodel.ModelInfo,
+    kinds: tuple[Kind, ...],
+    components: Iterable[Component | str],
+) -> tuple[list[_Group], dict[str, Tensor]]:
+    """Keep only the copies that patch ``components``; mark every other result NaN."""
+    wanted: set[tuple[str, int, int]] = set()
+    for c in (parse_component(x) for x in components):
+        info.check_component(c)
+        if c.kind not in kinds:
+            raise TLSubmodelsError(f"{c} is a component of kind {c.kind!r}, which kinds={kinds} does not include")
+        if c.pos is not None:
+            raise TLSubmodelsError(f"{c}: components= takes components over all positions (no '@pos')")
+        wanted.add((c.kind, c.layer, c.index or 0))
+    kept = []
+    for g in groups:
+        keep = torch.tensor([(g.kind, g.layer, int(u)) in wanted for u in g.units], dtype=torch.bool)
+        if keep.any():
+            idx = keep.nonzero()[:, 0]
+            kept.append(_Group(g.layer, g.kind, g.units[idx], g.pos_mask[idx], [g.out_index[i] for i in idx.tolist()]))
+    masked = {}
+    for kind, t in results.items():
+        patched = torch.zeros_like(t, dtype=torch.bool)
+        for g in kept:
+            if g.kind == kind:
+                for index in g.out_index:
+                    patched[index] = True
+        masked[kind] = torch.where(patched, t, torch.full_like(t, float("nan")))
+    return kept, masked
 
 
 def _empty_results(

@@ -57,14 +57,16 @@ class Scores:
         return tuple(k for k in KINDS if getattr(self, k) is not None)
 
     def items(self, kinds: tuple[Kind, ...] | None = None) -> list[tuple[Component, float]]:
-        """Every (component, normalised score), per position where scored per position."""
+        """Every scored (component, normalised score), per position where scored per position."""
         out: list[tuple[Component, float]] = []
         for kind in check_kinds(kinds) if kinds else self.kinds:
             t = getattr(self, kind)
             if t is None:
                 continue
             for idx in torch.cartesian_prod(*[torch.arange(n) for n in t.shape]).view(-1, t.ndim).tolist():
-                out.append((_component(kind, idx, self.per_position and kind != "neurons"), float(t[tuple(idx)])))
+                value = float(t[tuple(idx)])
+                if value == value:  # NaN: not scored (patch(components=...))
+                    out.append((_component(kind, idx, self.per_position and kind != "neurons"), value))
         return out
 
     def top(
