@@ -145,3 +145,19 @@ def test_bad_input(mlp_model, mlp_task):
         tls.attribute(mlp_model, mlp_task, method="eap")  # type: ignore[arg-type]
     with pytest.raises(tls.TLSubmodelsError, match="steps must be a positive"):
         tls.attribute(mlp_model, mlp_task, method="ig", steps=0)
+
+
+def test_per_example_and_memory_budget(mlp_model, mlp_task):
+    kinds = ("heads", "neurons", "mlps")
+    for method in ("atp", "ig"):
+        s = tls.attribute(mlp_model, mlp_task, method=method, kinds=kinds, per_example=True, steps=4)
+        for kind in kinds:
+            torch.testing.assert_close(s.per_example[kind].mean(0), getattr(s, kind), atol=1e-5, rtol=0)
+        perm = [5, 4, 3, 2, 1, 0]
+        t = tls.attribute(mlp_model, mlp_task.subset(perm), method=method, kinds=kinds, per_example=True, steps=4)
+        torch.testing.assert_close(t.per_example["neurons"], s.per_example["neurons"].flip(0), atol=1e-4, rtol=1e-5)
+    # a budget smaller than one site's gradients: one site per backward pass, same numbers
+    tight = tls.attribute(mlp_model, mlp_task, kinds=kinds, max_memory_mb=1e-6)
+    loose = tls.attribute(mlp_model, mlp_task, kinds=kinds)
+    for kind in kinds:
+        torch.testing.assert_close(getattr(tight, kind), getattr(loose, kind), atol=1e-5, rtol=0)

@@ -43,6 +43,8 @@ def attribute(
     direction: Direction = "denoising",
     steps: int = 8,
     batch_size: int | None = None,
+    max_memory_mb: float = 1024.0,
+    per_example: bool = False,
     progress: bool = False,
 ) -> Scores:
     """Attribution scores for every component, in the Scores type of :func:`tl_submodels.patch`.
@@ -57,6 +59,9 @@ def attribute(
         direction: ``"denoising"`` (gradients at the corrupt run, towards clean) or ``"noising"``.
         steps: interpolation steps for ``"ig"`` (midpoint rule).
         batch_size: rows per forward (examples, or examples x steps for ``"ig"``); default all.
+        max_memory_mb: budget for the gradients held at once; ``"atp"`` splits the sites into
+            groups (one forward and backward each) when all of them would not fit.
+        per_example: also keep each prompt's estimated effect (``Scores.per_example``).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -101,59 +106,85 @@ def attribute(
             f"the metric {task.metric_name!r} is {clean_value:.4g} on both clean and corrupt prompts: no gap to attribute"
         )
 
-    # effect[name]: sum over examples of delta . gradient, per unit (and position) of the site
-    effect: dict[str, Tensor] = {}
-    rows = batch_size or task.batch
+    def reduce(kind: Kind, contribution: Tensor) -> Tensor:
+        """delta * gradient of one site, [batch, pos, ...] -> the per-example score shape."""
+        if kind == "heads":
+            out = contribution.sum(-1)  # [batch, pos, head]
+            return out if per_position else out.sum(1)
+        if kind == "neurons":
+            return contribution.sum(1)  # [batch, d_mlp]
+        out = contribution.sum(-1)  # [batch, pos]
+        return out if per_position else out.sum(1)
+
+    # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
+    # the batch mean, so an example's own effect is batch x its delta . gradient.
+    each: dict[str, Tensor] = {}
+    site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
+    rows = max(1, batch_size or task.batch)
     if method == "atp":
-        chunks = range(0, task.batch, max(1, rows))
-        for lo in tqdm(chunks, desc=f"atp {task.name}", disable=not progress):
-            idx = torch.arange(lo, min(lo + max(1, rows), task.batch))
-            grads = _gradients(model, task, idx, base_tokens, {n: None for n in names})
-            for name in names:
-                part = ((source[name][idx] - base[name][idx]) * grads[name]).sum(0)
-                effect[name] = effect.get(name, 0) + part
+        chunks = [torch.arange(lo, min(lo + rows, task.batch)) for lo in range(0, task.batch, rows)]
+        site_groups = _by_memory(names, base, rows, max_memory_mb)
+        bar = tqdm(total=len(chunks) * len(site_groups), desc=f"atp {task.name}", disable=not progress)
+        for group in site_groups:
+            parts: dict[str, list[Tensor]] = {n: [] for n in group}
+            for idx in chunks:
+                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group})
+                for n in group:
+                    parts[n].append(reduce(site_kind[n], (source[n][idx] - base[n][idx]) * grads[n]).cpu())
+                bar.update(1)
+            each |= {n: torch.cat(p) * task.batch for n, p in parts.items()}
+        bar.close()
     else:
         alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
         per_chunk = max(1, rows // task.batch) if batch_size else steps
         bar = tqdm(total=len(names) * -(-steps // per_chunk), desc=f"ig {task.name}", disable=not progress)
         for name in names:
             total = None
+            delta = source[name] - base[name]
             for lo in range(0, steps, per_chunk):
-                a = alphas[lo : lo + per_chunk]
+                a = alphas[lo : lo + per_chunk].to(delta.device)
                 idx = torch.arange(task.batch).repeat(len(a))
-                path = base[name][idx] + a.repeat_interleave(task.batch).to(base[name].device).view(
-                    -1, *[1] * (base[name].ndim - 1)
-                ) * (source[name][idx] - base[name][idx])
-                grads = _gradients(model, task, idx, base_tokens, {name: path}, copies=len(a))
-                g = grads[name].view(len(a), task.batch, *base[name].shape[1:]).sum(0)
+                scale = a.repeat_interleave(task.batch).view(-1, *[1] * (delta.ndim - 1))
+                grads = _gradients(
+                    model, task, idx, base_tokens, {name: base[name][idx] + scale * delta[idx]}, copies=len(a)
+                )
+                g = grads[name].view(len(a), task.batch, *delta.shape[1:]).sum(0)
                 total = g if total is None else total + g
                 bar.update(1)
             assert total is not None
-            effect[name] = ((source[name] - base[name]) * total / steps).sum(0)
+            each[name] = reduce(site_kind[name], delta * total / steps).cpu() * task.batch
         bar.close()
 
-    out: dict[str, Tensor | None] = {k: None for k in ("heads", "neurons", "mlps")}
-    for kind in kinds:
-        per_layer = []
-        for layer in range(info.n_layers):
-            e = effect[tlmodel.site_hook(kind, layer)]  # [pos, ...]
-            if kind == "heads":
-                e = e.sum(-1)  # [pos, head]
-                per_layer.append(e if per_position else e.sum(0))
-            elif kind == "neurons":
-                per_layer.append(e.sum(0))
-            else:
-                e = e.sum(-1)  # [pos]
-                per_layer.append(e if per_position else e.sum())
-        out[kind] = torch.stack(per_layer).detach().cpu()
+    per_kind: dict[str, Tensor] = {
+        kind: torch.stack([each[tlmodel.site_hook(kind, layer)] for layer in range(info.n_layers)], dim=1).detach()
+        for kind in kinds
+    }  # [batch, layer, ...]
+    sign = 1.0 if direction == "denoising" else -1.0
+    out = {k: per_kind[k].mean(0) if k in per_kind else None for k in ("heads", "neurons", "mlps")}
     raw = {k: None if v is None else base_value + v for k, v in out.items()}
-    norm = {k: None if v is None else (v if direction == "denoising" else -v) / gap for k, v in out.items()}
+    norm = {k: None if v is None else sign * v / gap for k, v in out.items()}
     return Scores(
         heads=norm["heads"], neurons=norm["neurons"], mlps=norm["mlps"],
         raw_heads=raw["heads"], raw_neurons=raw["neurons"], raw_mlps=raw["mlps"],
         clean_metric=clean_value, corrupt_metric=corrupt_value, method=method if method == "atp" else f"ig{steps}",
         direction=direction, metric=task.metric_name, per_position=per_position, task=task.name,
+        per_example={k: sign * v / gap for k, v in per_kind.items()} if per_example else None,
     )  # fmt: skip
+
+
+def _by_memory(names: list[str], acts: dict[str, Tensor], rows: int, max_memory_mb: float) -> list[list[str]]:
+    """Sites in groups whose gradients for ``rows`` examples fit the budget (one site at least)."""
+    groups: list[list[str]] = [[]]
+    used = 0.0
+    for name in names:
+        a = acts[name]
+        size = a[0].numel() * a.element_size() * rows / 2**20
+        if groups[-1] and used + size > max_memory_mb:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(name)
+        used += size
+    return groups
 
 
 def _gradients(

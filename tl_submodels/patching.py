@@ -62,6 +62,7 @@ def patch(
     progress: bool = False,
     fast: bool = True,
     components: Iterable[Component | str] | None = None,
+    per_example: bool = False,
 ) -> Scores:
     """Exact patching scores for every component of the given kinds.
 
@@ -81,6 +82,7 @@ def patch(
         fast: use the prefix-reusing forward where the model allows it (False: hooks only).
         components: patch only these (e.g. candidates from attribution); the other entries of
             the score tensors are NaN. Default: every component of ``kinds``.
+        per_example: also keep each prompt's effect (``Scores.per_example``).
 
     Returns:
         Scores with normalised effects and the raw metric of each patched run.
@@ -177,10 +179,13 @@ def patch(
 
     groups = _groups(info, kinds, per_position, start, seq)
     results = _empty_results(info, kinds, per_position, seq, base_value)
+    base_each = task.per_example(task.final_logits(base_logits)).cpu()
+    examples = {k: base_each.view(-1, *[1] * t.ndim).expand(-1, *t.shape).clone() for k, t in results.items()}
     if components is not None:
         if per_position:
             raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
         groups, results = _restrict(groups, results, info, kinds, components)
+        examples = {k: torch.where(results[k].isnan()[None], float("nan"), v) for k, v in examples.items()}
     rows_per_forward = batch_size or _rows_for_budget(info, seq - (start if runner else 0), max_memory_mb)
     if batch_size is None and device.type == "cpu":
         rows_per_forward = min(rows_per_forward, CPU_ROWS)
@@ -207,18 +212,22 @@ def patch(
                             model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)]
                         )
                         final = task.final_logits(logits)
-                values = task.per_example(final).view(hi - lo, batch).mean(1)
-                for r, v in zip(range(lo, hi), values.tolist(), strict=True):
+                each = task.per_example(final).view(hi - lo, batch).cpu()
+                for r, v in zip(range(lo, hi), each.mean(1).tolist(), strict=True):
                     results[g.kind][g.out_index[r]] = v
+                    if per_example:
+                        index: tuple[Any, ...] = (slice(None), *g.out_index[r])
+                        examples[g.kind][index] = each[r - lo]
                 bar.update(1)
     finally:
         bar.close()
 
     raw = {k: results.get(k) for k in ("heads", "neurons", "mlps")}
-    norm = {
-        k: None if t is None else ((t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap)
-        for k, t in raw.items()
-    }
+
+    def normalise(t: Tensor) -> Tensor:
+        return (t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap
+
+    norm = {k: None if t is None else normalise(t) for k, t in raw.items()}
     return Scores(
         heads=norm["heads"],
         neurons=norm["neurons"],
@@ -233,6 +242,7 @@ def patch(
         metric=task.metric_name,
         per_position=per_position,
         task=task.name,
+        per_example={k: normalise(v) for k, v in examples.items()} if per_example else None,
     )
 
 

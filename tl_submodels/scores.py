@@ -4,6 +4,10 @@
 ``mlps`` ``[layer]`` (``[layer, pos]`` per position); each normalised (1 = the whole clean-corrupt
 gap), ``None`` for kinds not scored. The raw metric values of the patched runs are kept beside
 them, with the clean and corrupt baselines, the method and the direction.
+
+With ``per_example=True`` the scorers also keep each prompt's effect: ``per_example[kind]`` has a
+leading batch axis (``[batch, layer, head]`` ...), normalised by the batch's clean-corrupt gap,
+so that its mean over the batch is the aggregate score.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Scores:
     metric: str = "logit_diff"
     per_position: bool = False
     task: str = "task"
+    per_example: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("denoising", "noising"):
@@ -124,6 +129,7 @@ class Scores:
             for key in (kind, f"raw_{kind}"):
                 t = getattr(self, key)
                 out[key] = None if t is None else t.tolist()
+        out["per_example"] = None if self.per_example is None else {k: v.tolist() for k, v in self.per_example.items()}
         return out
 
     @classmethod
@@ -145,6 +151,9 @@ class Scores:
             metric=str(data["metric"]),
             per_position=bool(data["per_position"]),
             task=str(data["task"]),
+            per_example=None
+            if data.get("per_example") is None
+            else {k: torch.tensor(v) for k, v in data["per_example"].items()},
         )
 
 
