@@ -161,3 +161,59 @@ def test_per_example_and_memory_budget(mlp_model, mlp_task):
     loose = tls.attribute(mlp_model, mlp_task, kinds=kinds)
     for kind in kinds:
         torch.testing.assert_close(getattr(tight, kind), getattr(loose, kind), atol=1e-5, rtol=0)
+
+
+def flags(model):
+    return {f: bool(getattr(model.cfg, f, False)) for f in ("use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")}
+
+
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_edges_out_of_a_writer_add_up_to_its_node_score(which, request):
+    model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
+    before, hooks = flags(model), hook_count(model)
+    edges = tls.attribute_edges(model, task)
+    assert flags(model) == before and hook_count(model) == hooks
+    expected = "qkv" if tls.TL_LINE == 2 else "layer"  # TL 4 native bridges cannot split q/k/v inputs
+    assert edges.granularity == expected
+    nodes = tls.attribute(model, task, method="atp")
+    gap = nodes.clean_metric - nodes.corrupt_metric
+    for i, writer in enumerate(edges.writers):
+        c = tls.parse_component(writer)
+        node = nodes.heads[c.layer, c.head] if c.kind == "heads" else nodes.mlps[c.layer]
+        assert float(torch.nansum(edges.raw[i])) == pytest.approx(float(node) * gap, abs=1e-4), writer
+    # only later components read a writer's output
+    assert torch.isnan(edges.scores[edges.writers.index("L1H0"), edges.readers.index(edges.readers[0])])
+    assert abs(edges.top(1)[0][2]) == pytest.approx(float(torch.nan_to_num(edges.scores).abs().max()))
+
+
+@pytest.mark.skipif(tls.TL_LINE != 4, reason="TL 4's attribution_patch and the HF-backed bridge are TL 4 only")
+def test_edges_equal_transformer_lens_on_a_gpt2_bridge():
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, n_positions=24, vocab_size=50, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    model = build_bridge_from_module(GPT2LMHeadModel(config).eval(), "GPT2LMHeadModel", hf_config=config).eval()
+    task = make_mlp_task(model, n=3, seq=8, diff_at=3)
+    ours = tls.attribute_edges(model, task)
+    assert ours.granularity == "qkv"
+    reference: dict = {}
+    for i in range(task.batch):
+        one = task.subset([i])
+        result = attribution_patch(model, one.clean, one.corrupt, one.metric, EdgeAttributionConfig(granularity="edge"))
+        for (u, v), value in result.edge_scores.items():
+            if u.kind == "embed":
+                continue
+            w = f"L{u.layer}H{u.head}" if u.kind == "attn_head_out" else f"MLP{u.layer}"
+            if v.kind in ("q_input", "k_input", "v_input"):
+                r = f"L{v.layer}H{v.head}.{v.kind[0]}"
+            else:
+                r = "logits" if v.kind == "logits" else f"MLP{v.layer}"
+            reference[(w, r)] = reference.get((w, r), 0.0) + value / task.batch
+    assert len(reference) > 50
+    for (w, r), value in reference.items():
+        mine = float(ours.raw[ours.writers.index(w), ours.readers.index(r)])
+        assert mine == pytest.approx(value, abs=1e-4), (w, r)

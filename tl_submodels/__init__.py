@@ -14,6 +14,7 @@ from tl_submodels.ablation import ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
 from tl_submodels.discovery import find_circuit
+from tl_submodels.edges import Edges, attribute_edges
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.model import TL_LINE, ModelInfo, check_model
@@ -28,6 +29,7 @@ __all__ = [
     "MLP",
     "TL_LINE",
     "Component",
+    "Edges",
     "Evaluation",
     "Head",
     "ModelInfo",
@@ -40,6 +42,7 @@ __all__ = [
     "ablated",
     "ablation_hooks",
     "attribute",
+    "attribute_edges",
     "check_model",
     "complement",
     "evaluate",

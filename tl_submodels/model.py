@@ -8,7 +8,8 @@ the package is built here, and so is every call whose spelling differs between t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,6 +221,58 @@ def check_model(model: Any, kinds: Sequence[Kind] = ("heads",), *, training_ok: 
                 + did_you_mean(name, hook_dict)
             )
     return info
+
+
+def hook_split_input(layer: int, which: str) -> str:
+    """A head's own copy of the residual its q, k or v reads: ``[batch, pos, head_index, d_model]``."""
+    return f"blocks.{layer}.hook_{which}_input"
+
+
+def hook_mlp_in(layer: int) -> str:
+    """The residual an MLP reads (before its norm): ``[batch, pos, d_model]``."""
+    return f"blocks.{layer}.hook_mlp_in"
+
+
+def hook_attn_reads(layer: int) -> str:
+    """The residual a block's attention reads, before its norm, apart from the residual path."""
+    return f"blocks.{layer}.ln1.hook_in"
+
+
+@contextmanager
+def reader_hooks(model: Any) -> Iterator[str]:
+    """Turn on the hook points that show what each component reads; restore the flags after.
+
+    Yields the reader granularity: ``"qkv"`` where each head's q, k and v inputs can be split
+    (TL 2 HookedTransformer, TL 4 bridges with joint-QKV attention such as GPT-2), else
+    ``"layer"`` (one reader per attention layer, at its norm's input: TL 4 native bridges).
+    ``use_split_qkv_input``, ``use_hook_mlp_in`` and ``use_attn_in`` are restored on exit, also on error.
+    """
+    cfg = model.cfg
+    saved = {f: bool(getattr(cfg, f, False)) for f in ("use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")}
+    granularity = "layer"
+    try:
+        if saved["use_attn_in"]:
+            model.set_use_attn_in(False)
+        try:
+            model.set_use_split_qkv_input(True)
+            granularity = "qkv"
+        except (NotImplementedError, AttributeError, AssertionError):
+            granularity = "layer"
+        if not getattr(cfg, "attn_only", False):
+            model.set_use_hook_mlp_in(True)
+        if granularity == "layer" and hook_attn_reads(0) not in model.hook_dict:
+            raise TLSubmodelsError(
+                f"{type(model).__name__} can neither split its attention inputs per head nor expose "
+                f"{hook_attn_reads(0)!r}; edge attribution needs one of them"
+            )
+        yield granularity
+    finally:
+        if granularity == "qkv" or saved["use_split_qkv_input"]:
+            model.set_use_split_qkv_input(saved["use_split_qkv_input"])
+        if not getattr(cfg, "attn_only", False):
+            model.set_use_hook_mlp_in(saved["use_hook_mlp_in"])
+        if saved["use_attn_in"]:
+            model.set_use_attn_in(True)
 
 
 def has_hooks(model: Any) -> bool:
