@@ -18,8 +18,9 @@ Three lines of JSON on stdout, one object each (progress goes to stderr):
    averaged; ours scores heads and MLP layers per position in one call. Scores are compared in
    metric units (``normalised score * (clean - corrupt)``).
 3. ``find_circuit_attribution_vs_exact``: ``tls.find_circuit(method="attribution+exact")`` and
-   ``method="exact"`` on the GPT-2-shaped model, each timed once, then ``tls.evaluate`` with mean
-   ablation. When the exact search is estimated to exceed ``EXACT_BUDGET_S`` at batch 8 x 64,
+   ``method="exact"`` on the GPT-2-shaped model, each timed once (with the time spent in
+   ``attribute`` and ``patch`` apart from the search's ablated forwards), then ``tls.evaluate``
+   with mean ablation. When the exact search is estimated to exceed ``EXACT_BUDGET_S`` at batch 8 x 64,
    the line uses batch 4 x 32 (corrupt from 16) and says so.
 
 Random weights have std 0.2 on the 4-layer model (as in ``bench_patching.py``) and
@@ -50,7 +51,8 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +70,7 @@ from bench_patching import CFG as SMALL_CFG  # noqa: E402
 from bench_patching import log, random_tl_state  # noqa: E402
 
 import tl_submodels as tls  # noqa: E402
+from tl_submodels import discovery  # noqa: E402
 from tl_submodels import model as tlmodel  # noqa: E402
 from tl_submodels.components import Kind  # noqa: E402
 
@@ -216,22 +219,58 @@ class NoMethodArgument(Exception):
     """find_circuit does not take ``method`` yet."""
 
 
+@contextmanager
+def scoring_timer() -> Iterator[dict[str, float]]:
+    """Seconds find_circuit spends inside attribute() and patch() (the ranking), by wrapping the names it calls.
+
+    The rest of a find_circuit call is the search: ablated forwards while growing and pruning.
+    """
+    spent = {"attribute": 0.0, "patch": 0.0, "patch_calls": 0}
+    saved = {name: getattr(discovery, name) for name in ("attribute", "patch") if hasattr(discovery, name)}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+                if name == "patch":
+                    spent["patch_calls"] += 1
+
+        return timed
+
+    for name, fn in saved.items():
+        setattr(discovery, name, wrap(name, fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in saved.items():
+            setattr(discovery, name, fn)
+
+
 def circuit_run(model: Any, task: tls.Task, method: CircuitMethod) -> tuple[dict[str, Any], tls.SubModel | None]:
     """Time one find_circuit call and evaluate its circuit; an error becomes a field of the result."""
     t0 = time.perf_counter()
-    try:
-        circuit = tls.find_circuit(model, task, target=0.9, kinds=("heads", "mlps"), method=method)
-    except TypeError as e:
-        if "method" in str(e) and "keyword" in str(e):
-            raise NoMethodArgument(str(e)) from e
-        raise
-    except tls.TLSubmodelsError as e:
-        return {"seconds": time.perf_counter() - t0, "error": str(e)}, None
+    with scoring_timer() as spent:
+        try:
+            circuit = tls.find_circuit(model, task, target=0.9, kinds=("heads", "mlps"), method=method)
+        except TypeError as e:
+            if "method" in str(e) and "keyword" in str(e):
+                raise NoMethodArgument(str(e)) from e
+            raise
+        except tls.TLSubmodelsError as e:
+            return {"seconds": time.perf_counter() - t0, "error": str(e)}, None
     seconds = time.perf_counter() - t0
     ev = tls.evaluate(model, circuit, task, ablation="mean")
     return {
         "seconds": seconds,
+        "attribute_seconds": spent["attribute"],
+        "patch_seconds": spent["patch"],
+        "patch_calls": spent["patch_calls"],
+        "search_seconds": seconds - spent["attribute"] - spent["patch"],
         "size": ev.size,
+        "components": sorted(str(c) for c in circuit.components),
         "faithfulness": ev.faithfulness,
         "necessity": ev.necessity,
         "description": circuit.description,
@@ -416,7 +455,8 @@ def main() -> int:
     }
 
     def emit(name: str, **fields: Any) -> None:
-        rounded = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fields.items()}
+        # 6 significant digits (not decimals: a max_abs_diff of 3e-7 must not print as 0.0)
+        rounded = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in fields.items()}
         load = round(os.getloadavg()[0], 2)  # other work on the machine skews every timing
         print(json.dumps({"bench": name, **rounded, **common, "load_avg_1m": load}), flush=True)
 
