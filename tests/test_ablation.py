@@ -203,3 +203,22 @@ def test_errors_and_cleanup(mlp_model, mlp_task):
 def test_unknown_ablation(mlp_model):
     with pytest.raises(tls.TLSubmodelsError, match="unknown ablation 'gaussian': choose from"):
         tls.ablation_hooks(mlp_model, ["L0H0"], ablation="gaussian")  # type: ignore[arg-type]
+
+
+def test_ablator_runs_the_reference_once(mlp_model, mlp_task):
+    calls = []
+
+    def count(act, hook):
+        calls.append(act.shape[0])
+
+    ablator = tls.Ablator(mlp_model, ablation="mean", reference=mlp_task.corrupt)
+    with mlp_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", count)]):
+        hook_sets = [ablator.hooks(s, keep_only=k) for s in (["L0H1"], ["L2H3", "MLP1"], []) for k in (False, True)]
+    assert len(calls) == 1  # one reference forward for every sub-model
+    for hooks, (s, k) in zip(
+        hook_sets, [(s, k) for s in (["L0H1"], ["L2H3", "MLP1"], []) for k in (False, True)], strict=True
+    ):
+        expected = tls.ablation_hooks(mlp_model, s, ablation="mean", reference=mlp_task.corrupt, keep_only=k)
+        a = mlp_model.run_with_hooks(mlp_task.clean, fwd_hooks=hooks)
+        b = mlp_model.run_with_hooks(mlp_task.clean, fwd_hooks=expected)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -10,7 +10,7 @@ Example:
 """
 
 from tl_submodels import zoo
-from tl_submodels.ablation import ablated, ablation_hooks, complement
+from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
 from tl_submodels.discovery import find_circuit
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "TL_LINE",
+    "Ablator",
     "Component",
     "Edges",
     "Evaluation",

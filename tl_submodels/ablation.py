@@ -90,36 +90,84 @@ def ablation_hooks(
         >>> hooks = tls.ablation_hooks(model, ["L1H0", "L1H1"], ablation="mean", reference=task.corrupt)  # doctest: +SKIP
         >>> logits = model.run_with_hooks(task.clean, fwd_hooks=hooks)  # doctest: +SKIP
     """
-    if ablation not in ABLATIONS:
-        raise TLSubmodelsError(f"unknown ablation {ablation!r}: choose from {ABLATIONS}")
-    comps = [parse_component(c) for c in sub]
-    info = tlmodel.model_info(model)
-    for c in comps:
-        info.check_component(c)
-    targets = complement(model, comps) if keep_only else comps
-    if not targets:
-        return []
-    tlmodel.check_model(model, tuple({c.kind for c in targets}), training_ok=True)
-    groups: dict[tuple[Kind, int], list[Component]] = defaultdict(list)
-    for c in targets:
-        groups[(c.kind, c.layer)].append(c)
-    names = {tlmodel.site_hook(kind, layer): (kind, layer) for kind, layer in groups}
+    return Ablator(model, ablation=ablation, reference=reference, per_position=per_position, seed=seed).hooks(
+        sub, keep_only=keep_only
+    )
 
-    ref_acts: dict[str, Tensor] = {}
-    if ablation != "zero":
-        if reference is None:
-            raise TLSubmodelsError(f"ablation={ablation!r} needs reference=token ids [batch, pos] (e.g. task.corrupt)")
-        reference = torch.as_tensor(reference)
-        if reference.ndim != 2:
-            raise TLSubmodelsError(f"reference must be token ids [batch, pos], got shape {list(reference.shape)}")
-        _, ref_acts = tlmodel.run_cache(model, reference.to(tlmodel.first_param_device(model)), names)
-        if ablation == "mean":
-            ref_acts = {n: a.mean(0) if per_position else a.mean((0, 1)) for n, a in ref_acts.items()}
 
-    hooks = []
-    for name, (kind, layer) in names.items():
-        hooks.append((name, _make_hook(kind, groups[(kind, layer)], ablation, ref_acts.get(name), per_position, seed)))
-    return hooks
+class Ablator:
+    """Ablation hooks for many sub-models of one model, with the reference run computed once.
+
+    :func:`ablation_hooks` builds one of these per call; keep one yourself to ablate many
+    sub-models against the same reference (as ``find_circuit`` does) without rerunning it.
+
+    Example:
+        >>> ablator = tls.Ablator(model, ablation="mean", reference=task.corrupt)  # doctest: +SKIP
+        >>> hooks = ablator.hooks(["L1H0"], keep_only=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        ablation: Ablation = "zero",
+        reference: Int[Tensor, "batch pos"] | None = None,
+        per_position: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if ablation not in ABLATIONS:
+            raise TLSubmodelsError(f"unknown ablation {ablation!r}: choose from {ABLATIONS}")
+        if ablation != "zero":
+            if reference is None:
+                raise TLSubmodelsError(
+                    f"ablation={ablation!r} needs reference=token ids [batch, pos] (e.g. task.corrupt)"
+                )
+            reference = torch.as_tensor(reference)
+            if reference.ndim != 2:
+                raise TLSubmodelsError(f"reference must be token ids [batch, pos], got shape {list(reference.shape)}")
+        self.model, self.ablation, self.reference = model, ablation, reference
+        self.per_position, self.seed = per_position, seed
+        self.info = tlmodel.model_info(model)
+        self._ref_acts: dict[str, Tensor] = {}
+
+    def hooks(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
+        """``fwd_hooks`` that ablate ``sub`` (or its complement with ``keep_only``)."""
+        comps = [parse_component(c) for c in sub]
+        for c in comps:
+            self.info.check_component(c)
+        targets = complement(self.model, comps) if keep_only else comps
+        if not targets:
+            return []
+        tlmodel.check_model(self.model, tuple({c.kind for c in targets}), training_ok=True)
+        groups: dict[tuple[Kind, int], list[Component]] = defaultdict(list)
+        for c in targets:
+            groups[(c.kind, c.layer)].append(c)
+        names = {tlmodel.site_hook(kind, layer): (kind, layer) for kind, layer in groups}
+        ref_acts = self._reference({kind for kind, _ in groups}, list(names))
+        return [
+            (
+                name,
+                _make_hook(
+                    kind, groups[(kind, layer)], self.ablation, ref_acts.get(name), self.per_position, self.seed
+                ),
+            )
+            for name, (kind, layer) in names.items()
+        ]
+
+    def _reference(self, kinds: set[Kind], names: list[str]) -> dict[str, Tensor]:
+        """The reference run's activations (means, for mean ablation) at ``names``, computed once."""
+        if self.reference is None:
+            return {}
+        if any(n not in self._ref_acts for n in names):
+            # Every head and MLP site at once (neurons when asked), so later calls need no new forward.
+            kinds = kinds | ({"heads", "mlps"} if self.info.has_mlps else {"heads"})
+            wanted = set(names) | {tlmodel.site_hook(k, layer) for k in kinds for layer in range(self.info.n_layers)}
+            device = tlmodel.first_param_device(self.model)
+            _, acts = tlmodel.run_cache(self.model, self.reference.to(device), wanted - set(self._ref_acts))
+            if self.ablation == "mean":
+                acts = {n: a.mean(0) if self.per_position else a.mean((0, 1)) for n, a in acts.items()}
+            self._ref_acts.update(acts)
+        return {n: self._ref_acts[n] for n in names}
 
 
 def _make_hook(

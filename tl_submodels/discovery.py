@@ -5,7 +5,7 @@ reaches the target, then drops every member the target does not need. Faithfulne
 measured by ablation, so the ranking decides only how small the result is and how much work it
 takes: ``method="exact"`` ranks by exact patching of every component; ``"attribution+exact"``
 ranks by attribution patching (one forward and backward), grows on that ranking, then patches
-exactly only the candidates it needs (the members and as many runners-up) and re-ranks those.
+exactly only the members it grew and prunes them in the order of their exact effects.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, ablation_hooks
+from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
@@ -78,10 +78,10 @@ def find_circuit(
         scores = scorer(model, task, kinds=kinds, progress=progress)
     ranked = list(dict.fromkeys(c.without_pos() for c, _ in scores.top(10**9)))
     task = task.to(tlmodel.first_param_device(model))
-    reference = None if ablation == "zero" else task.corrupt
+    ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else task.corrupt)
 
     def metric(keep: list[Component]) -> float:
-        hooks = ablation_hooks(model, keep, ablation=ablation, reference=reference, keep_only=True)
+        hooks = ablator.hooks(keep, keep_only=True)
         return float(task.metric(tlmodel.run_logits(model, task.clean, hooks)))
 
     full = float(task.metric(tlmodel.run_logits(model, task.clean)))
@@ -101,12 +101,9 @@ def find_circuit(
         )
     members = _grow(ranked, faith, target)
     if method == "attribution+exact" and scores.method != "patch":
-        # Confirm with exact patching: the members and as many runners-up, re-ranked exactly.
-        candidates = ranked[: min(len(ranked), 2 * len(members))]
-        exact = patch(model, task, kinds=kinds, components=candidates, progress=progress)
-        reranked = [c for c, _ in exact.top(len(candidates))]
-        if faith(reranked) >= target:
-            members = _grow(reranked, faith, target)
+        # Confirm with exact patching of the members only: their exact effects order the pruning.
+        exact = patch(model, task, kinds=kinds, components=members, progress=progress)
+        members = [c for c, _ in exact.top(len(members))]
     # Prune: drop members the target does not need, least important first.
     for c in tqdm(list(reversed(members)), desc="pruning", disable=not progress):
         trial = [m for m in members if m != c]

@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, ablation_hooks, complement
+from tl_submodels.ablation import Ablation, Ablator, complement
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
@@ -80,16 +80,16 @@ def evaluate(
     ref = task.corrupt if reference is None else reference
     if ablation == "patch":
         ref = task.corrupt
-    kwargs: dict[str, Any] = {"ablation": ablation, "reference": None if ablation == "zero" else ref}
+    ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
 
     def run(hooks: list) -> tuple[float, float]:
         logits = tlmodel.run_logits(model, task.clean, hooks)
         return float(task.metric(logits)), task.accuracy(logits)
 
     full, acc_full = run([])
-    kept, acc_kept = run(ablation_hooks(model, sub, keep_only=True, **kwargs))
-    removed, acc_removed = run(ablation_hooks(model, sub, **kwargs))
-    nothing, _ = run(ablation_hooks(model, SubModel(name="empty"), keep_only=True, **kwargs))
+    kept, acc_kept = run(ablator.hooks(sub, keep_only=True))
+    removed, acc_removed = run(ablator.hooks(sub))
+    nothing, _ = run(ablator.hooks([], keep_only=True))
     denom = full - nothing
     if abs(denom) <= 1e-6 * max(1.0, abs(full)):
         raise TLSubmodelsError(
