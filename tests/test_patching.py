@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import assert_same_weights, hook_count, make_mlp_task, weights_snapshot
@@ -174,3 +176,19 @@ def test_per_example_effects(mlp_model, mlp_task):
     shuffled = tls.patch(mlp_model, mlp_task.subset([5, 4, 3, 2, 1, 0]), kinds="heads", per_example=True)
     torch.testing.assert_close(shuffled.per_example["heads"], s.per_example["heads"].flip(0), atol=1e-4, rtol=1e-5)
     assert tls.patch(mlp_model, mlp_task, kinds="heads").per_example is None
+
+
+def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_task, monkeypatch):
+    from tl_submodels import model as tlmodel
+
+    real = tlmodel.standard_weights
+
+    def wrong(model):
+        w = real(model)
+        return dataclasses.replace(w, W_U=w.W_U * 1.01)  # a forward that is not the model's
+
+    monkeypatch.setattr(tlmodel, "standard_weights", wrong)
+    with pytest.warns(UserWarning, match="patching through hooks instead"):
+        s = tls.patch(mlp_model, mlp_task, kinds="heads")
+    ref = tl_reference(mlp_model, mlp_task, patching.get_act_patch_attn_head_out_all_pos)
+    assert (s.raw_heads - ref).abs().max() <= TOL
