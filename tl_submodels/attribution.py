@@ -25,9 +25,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import Kind, check_kinds
+from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.scores import Direction, Scores
+from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
 from tl_submodels.task import Task
 
 Method = Literal["atp", "ig"]
@@ -81,18 +81,7 @@ def attribute(
         raise TLSubmodelsError(f"unknown attribution method {method!r}: choose 'atp' or 'ig'")
     if steps < 1:
         raise TLSubmodelsError(f"steps must be a positive number of interpolation steps, got {steps}")
-    info = tlmodel.check_model(model, ())
-    kinds = check_kinds(kinds if kinds is not None else info.kinds())
-    tlmodel.check_model(model, kinds)
-    if per_position and "neurons" in kinds:
-        raise TLSubmodelsError("per_position=True covers heads and mlps; score neurons over all positions")
-    if direction not in ("denoising", "noising"):
-        raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    if task.d_vocab != info.d_vocab:
-        raise TLSubmodelsError(
-            f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}"
-        )
-    task = task.to(tlmodel.first_param_device(model))
+    info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     sites = [(kind, layer) for layer in range(info.n_layers) for kind in kinds]
     names = [tlmodel.site_hook(kind, layer) for kind, layer in sites]
@@ -100,11 +89,7 @@ def attribute(
     source_logits, source = tlmodel.run_cache(model, source_tokens, names)
     base_value, source_value = float(task.metric(base_logits)), float(task.metric(source_logits))
     clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = clean_value - corrupt_value
-    if abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
-        raise TLSubmodelsError(
-            f"the metric {task.metric_name!r} is {clean_value:.4g} on both clean and corrupt prompts: no gap to attribute"
-        )
+    gap = metric_gap(task, clean_value, corrupt_value)
 
     def reduce(kind: Kind, contribution: Tensor) -> Tensor:
         """delta * gradient of one site, [batch, pos, ...] -> the per-example score shape."""

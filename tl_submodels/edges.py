@@ -23,8 +23,7 @@ from torch import Tensor
 
 from tl_submodels import model as tlmodel
 from tl_submodels.attribution import _gradients
-from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.scores import Direction
+from tl_submodels.scores import Direction, check_scoring, metric_gap
 from tl_submodels.task import Task
 
 
@@ -91,10 +90,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
         >>> edges.granularity in ("qkv", "layer")
         True
     """
-    info = tlmodel.check_model(model, tlmodel.model_info(model).kinds())
-    if direction not in ("denoising", "noising"):
-        raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    task = task.to(tlmodel.first_param_device(model))
+    info, _, task = check_scoring(model, task, None, False, direction)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     L, has_mlps = info.n_layers, info.has_mlps
     sites = [tlmodel.hook_z(layer) for layer in range(L)] + (
@@ -104,9 +100,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     b = task.batch
     source_value, base_value = float(task.metric(both_logits[:b])), float(task.metric(both_logits[b:]))
     clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = clean_value - corrupt_value
-    if abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
-        raise TLSubmodelsError(f"the metric {task.metric_name!r} has no clean-corrupt gap to attribute")
+    gap = metric_gap(task, clean_value, corrupt_value)
 
     # Writers: what each component adds to the residual stream, source minus base: [writer, b, s, d].
     W_O = model.W_O.detach()

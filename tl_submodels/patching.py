@@ -24,11 +24,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import Component, Kind, check_kinds, parse_component
+from tl_submodels.components import Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
 from tl_submodels.model import StandardWeights
-from tl_submodels.scores import Direction, Scores
+from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
 from tl_submodels.task import Task
 
 FAST_TOLERANCE = 1e-4
@@ -98,21 +98,8 @@ def patch(
         >>> scores.heads.shape
         torch.Size([2, 4])
     """
-    info = tlmodel.check_model(model, ())
-    kinds = check_kinds(kinds if kinds is not None else info.kinds())
-    tlmodel.check_model(model, kinds)
-    if direction not in ("denoising", "noising"):
-        raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    if per_position and "neurons" in kinds:
-        raise TLSubmodelsError(
-            "per_position=True covers heads and mlps; score neurons over all positions (per_position=False)"
-        )
-    if task.d_vocab != info.d_vocab:
-        raise TLSubmodelsError(
-            f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}"
-        )
+    info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     device = tlmodel.first_param_device(model)
-    task = task.to(device)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     n_layers, seq, batch = info.n_layers, task.seq_len, task.batch
 
@@ -143,12 +130,7 @@ def patch(
     base_value = float(task.metric(base_logits))
     source_value = float(task.metric(source_logits))
     clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = clean_value - corrupt_value
-    if abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
-        raise TLSubmodelsError(
-            f"the metric {task.metric_name!r} is {clean_value:.4g} on both clean and corrupt prompts, so there is no "
-            "gap to restore. Check that the corrupt prompts remove what the answer depends on."
-        )
+    gap = metric_gap(task, clean_value, corrupt_value)
 
     out_pos = task.out_pos
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention).

@@ -19,9 +19,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_submodels import model as tlmodel
 from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, check_kinds
 from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.model import ModelInfo
 from tl_submodels.submodel import SubModel
+from tl_submodels.task import Task
 
 Direction = Literal["denoising", "noising"]
 
@@ -163,3 +166,32 @@ def _component(kind: Kind, idx: list[int], per_position: bool) -> Component:
     if kind == "neurons":
         return Neuron(idx[0], idx[1])
     return MLP(idx[0], pos=idx[1]) if per_position else MLP(idx[0])
+
+
+def check_scoring(
+    model: Any, task: Task, kinds: tuple[Kind, ...] | Kind | None, per_position: bool, direction: str
+) -> tuple[ModelInfo, tuple[Kind, ...], Task]:
+    """The checks every scorer makes: model, kinds, direction, vocabulary; the task on the model's device."""
+    info = tlmodel.check_model(model, ())
+    kinds = check_kinds(kinds if kinds is not None else info.kinds())
+    tlmodel.check_model(model, kinds)
+    if direction not in ("denoising", "noising"):
+        raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
+    if per_position and "neurons" in kinds:
+        raise TLSubmodelsError("per_position=True covers heads and mlps; score neurons over all positions")
+    if task.d_vocab != info.d_vocab:
+        raise TLSubmodelsError(
+            f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}"
+        )
+    return info, kinds, task.to(tlmodel.first_param_device(model))
+
+
+def metric_gap(task: Task, clean_value: float, corrupt_value: float) -> float:
+    """clean - corrupt metric; refuses a task whose corrupt prompts do not move the metric."""
+    gap = clean_value - corrupt_value
+    if abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
+        raise TLSubmodelsError(
+            f"the metric {task.metric_name!r} is {clean_value:.4g} on both clean and corrupt prompts, so there is no "
+            "gap to score against. Check that the corrupt prompts remove what the answer depends on."
+        )
+    return gap
