@@ -193,6 +193,10 @@ def main() -> int:
     log("heads_all_pos")
     tl_s, tl_n, tl_res = best_of(tl(tl_patching.get_act_patch_attn_head_out_all_pos))
     ours_s, _, (scores, fb) = best_of(lambda: run_ours(model, task, kinds="heads"))
+    # TL's function as a user calls it, with autograd on (TL does not turn it off itself).
+    tl_grad_s, _, _ = best_of(
+        lambda: tl_patching.get_act_patch_attn_head_out_all_pos(model, corrupt, clean_cache, task.metric)
+    )
     heads_all_tl_s = tl_s
     emit(
         "heads_all_pos",
@@ -200,6 +204,8 @@ def main() -> int:
         tl_repeats=tl_n,
         ours_seconds=ours_s,
         speedup=tl_s / ours_s,
+        tl_default_grad_seconds=tl_grad_s,
+        speedup_vs_tl_default_grad=tl_grad_s / ours_s,
         max_abs_diff=max_abs_diff(scores.raw_heads, tl_res),
         tl_forwards=CFG["n_layers"] * CFG["n_heads"],
         fast_path_fell_back=fb,
