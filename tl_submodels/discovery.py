@@ -91,8 +91,13 @@ def find_circuit(
             f"ablating every component leaves the metric at {full:.4g}; there is no behaviour to find a circuit for"
         )
 
-    def faith(keep: list[Component]) -> float:
-        return (metric(keep) - nothing) / (full - nothing)
+    seen: dict[frozenset[Component], float] = {}
+
+    def faith(keep: list[Component]) -> float:  # memoised: growing and pruning revisit sets
+        key = frozenset(keep)
+        if key not in seen:
+            seen[key] = (metric(keep) - nothing) / (full - nothing)
+        return seen[key]
 
     if faith(ranked) < target:
         raise TLSubmodelsError(
