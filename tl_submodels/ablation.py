@@ -6,8 +6,10 @@ The primary output is a plain TransformerLens ``fwd_hooks`` list, so it works wi
 over ``model.hooks``, so TransformerLens' own nesting and cleanup apply.
 
 Zero and (all-position) mean ablation do not depend on the sequence length, so they work for any
-prompt and during generation. Per-position means, resampling and patching take values position
-by position from a reference run and need runs no longer than it.
+prompt and during generation. Per-position means, resampling, patching and position components
+(``L1H3@5``) take values position by position from a reference run and need runs no longer than
+it. A hook sees positions relative to its input, so under key-value-cached generation (each step
+sees one new token) use those only with ``use_past_kv_cache=False``.
 """
 
 from __future__ import annotations
