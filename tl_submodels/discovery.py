@@ -99,12 +99,12 @@ def find_circuit(
             seen[key] = (metric(keep) - nothing) / (full - nothing)
         return seen[key]
 
-    if faith(ranked) < target:
+    members = _grow(ranked, faith, target)
+    if faith(members) < target:  # _grow ends at the whole ranking when no prefix reaches the target
         raise TLSubmodelsError(
             f"keeping all {len(ranked)} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
             "Rank more kinds (kinds=('heads', 'mlps')) or lower the target."
         )
-    members = _grow(ranked, faith, target)
     if method == "attribution+exact" and scores.method != "patch":
         # Confirm with exact patching of the members only: their exact effects order the pruning.
         exact = patch(model, task, kinds=kinds, components=members, progress=progress)
@@ -123,7 +123,7 @@ def find_circuit(
 
 
 def _grow(ranked: list[Component], faith: Any, target: float) -> list[Component]:
-    """The shortest prefix of ``ranked`` whose faithfulness reaches ``target`` (the whole list does)."""
+    """The shortest prefix of ``ranked`` whose faithfulness reaches ``target``; all of it if none does."""
     n = len(ranked)
     if n <= LINEAR_SCAN:
         k = next((k for k in range(1, n + 1) if faith(ranked[:k]) >= target), n)
