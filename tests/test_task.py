@@ -55,6 +55,8 @@ def test_from_prompts_pads_and_reads_last_token(induction_model):
         tls.Task.from_prompts(induction_model, clean=["t5 t9"], corrupt=["t5"], answer=["t3"], wrong=["t1"])
     with pytest.raises(tls.TLSubmodelsError, match="single tokens"):
         tls.Task.from_prompts(induction_model, clean=["t5"], corrupt=["t6"], answer=["t3 t4"], wrong=["t1"])
+    with pytest.raises(tls.TLSubmodelsError, match="outside the tokenizer's vocabulary"):
+        tls.Task.from_prompts(induction_model, clean=["t5 t99"], corrupt=["t5 t6"], answer=["t3"], wrong=["t1"])
 
 
 @pytest.mark.ill_typed

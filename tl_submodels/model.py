@@ -338,7 +338,14 @@ def tokenize(model: Any, text: str, *, prepend_bos: bool = True) -> list[int]:
             f"{type(model).__name__} has no tokenizer, so prompts cannot be tokenized; "
             "build the task from token ids with Task.from_tokens(model, clean=..., corrupt=..., answer=...)"
         )
-    return [int(t) for t in model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()]
+    ids = [int(t) for t in model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()]
+    unk, unk_text = getattr(model.tokenizer, "unk_token_id", None), getattr(model.tokenizer, "unk_token", None)
+    if unk is not None and unk in ids and (not unk_text or unk_text not in text):
+        raise TLSubmodelsError(
+            f"{text!r} holds a word outside the tokenizer's vocabulary (it reads as {unk_text!r}); "
+            "check the spelling of the prompt"
+        )
+    return ids
 
 
 def single_token(model: Any, text: str) -> int:
