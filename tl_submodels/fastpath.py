@@ -70,7 +70,6 @@ class PrefixRunner:
         prefix_k, prefix_v: per layer, the cached keys/values of positions ``[0, start)``,
             ``[batch, start, head_index, d_head]`` (shared by every copy).
         start: the first position that differs between the two runs.
-        seq_len: the full sequence length.
         out_pos: the position the metric reads, per example ``[batch]``.
         prune_last: compute the last layer's queries and MLP only at ``out_pos`` (off: benchmarks).
     """
@@ -81,13 +80,12 @@ class PrefixRunner:
         prefix_k: list[Float[Tensor, "batch prefix head_index d_head"]],
         prefix_v: list[Float[Tensor, "batch prefix head_index d_head"]],
         start: int,
-        seq_len: int,
         out_pos: Int[Tensor, " batch"],
         prune_last: bool = True,
     ) -> None:
         self.w = weights
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
-        self.start, self.seq_len = start, seq_len
+        self.start = start
         self.out_pos = out_pos
         self.prune_last = prune_last
         self.n_layers, self.n_heads, _, self.d_head = weights.W_Q.shape

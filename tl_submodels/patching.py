@@ -145,7 +145,6 @@ def patch(
                 [base[tlmodel.hook_k(layer)][rows, :start] for layer in range(n_layers)],
                 [base[tlmodel.hook_v(layer)][rows, :start] for layer in range(n_layers)],
                 start,
-                seq,
                 out_pos[rows.to(out_pos.device)],
                 prune_last=_TRICKS["prune_last_layer"],
             )
