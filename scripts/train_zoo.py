@@ -7,6 +7,7 @@ safetensors load into a TL 2.x ``HookedTransformer`` as they are and into a TL 4
 
 Usage:
     python scripts/train_zoo.py induction-2l [--steps 4000] [--out tl_submodels/zoo]
+    python scripts/train_zoo.py multitask-3l      # then harmless-3l and harmful-3l, fine-tunes of it
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import zoo_multitask  # scripts/ is on sys.path when this file runs
 from safetensors.torch import save_file
 
 ZOO = Path(__file__).resolve().parents[1] / "tl_submodels" / "zoo"
@@ -57,6 +59,11 @@ def init_params(cfg: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
             p[b + f"attn.b_{n}"] = torch.zeros(H, E)
         p[b + "attn.W_O"] = normal(H, E, D) / math.sqrt(2 * L)
         p[b + "attn.b_O"] = torch.zeros(D)
+        if not cfg["attn_only"]:
+            M = cfg["d_mlp"]
+            p[b + "ln2.w"], p[b + "ln2.b"] = torch.ones(D), torch.zeros(D)
+            p[b + "mlp.W_in"], p[b + "mlp.b_in"] = normal(D, M), torch.zeros(M)
+            p[b + "mlp.W_out"], p[b + "mlp.b_out"] = normal(M, D) / math.sqrt(2 * L), torch.zeros(D)
     p["ln_final.w"], p["ln_final.b"] = torch.ones(D), torch.zeros(D)
     p["unembed.W_U"] = normal(D, V)
     p["unembed.b_U"] = torch.zeros(V)
@@ -68,8 +75,18 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b
 
 
-def forward(p: dict[str, torch.Tensor], cfg: dict, tokens: torch.Tensor, return_patterns: bool = False):
-    """Attention-only transformer forward, numerically the same as TL's HookedTransformer."""
+def forward(
+    p: dict[str, torch.Tensor],
+    cfg: dict,
+    tokens: torch.Tensor,
+    return_patterns: bool = False,
+    acts: list[torch.Tensor] | None = None,
+):
+    """Transformer forward (GELU MLPs unless attention-only), numerically the same as TL's HookedTransformer.
+
+    ``acts``, if given, collects each layer's head output norms ``[batch, pos, head]`` and MLP
+    neuron activations ``[batch, pos, d_mlp]`` (for the multitask models' exclusivity penalty).
+    """
     S = tokens.shape[1]
     x = p["embed.W_E"][tokens] + p["pos_embed.W_pos"][:S]
     mask = torch.ones(S, S, dtype=torch.bool).tril()
@@ -82,7 +99,15 @@ def forward(p: dict[str, torch.Tensor], cfg: dict, tokens: torch.Tensor, return_
         pattern = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         patterns.append(pattern)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        if acts is not None:
+            acts.append(torch.einsum("bqhe,hed->bqhd", z, p[b + "attn.W_O"]).norm(dim=-1))
         x = x + torch.einsum("bqhe,hed->bqd", z, p[b + "attn.W_O"]) + p[b + "attn.b_O"]
+        if not cfg["attn_only"]:
+            h = layer_norm(x, p[b + "ln2.w"], p[b + "ln2.b"])
+            post = F.gelu(h @ p[b + "mlp.W_in"] + p[b + "mlp.b_in"])
+            if acts is not None:
+                acts.append(post)
+            x = x + post @ p[b + "mlp.W_out"] + p[b + "mlp.b_out"]
     x = layer_norm(x, p["ln_final.w"], p["ln_final.b"])
     logits = x @ p["unembed.W_U"] + p["unembed.b_U"]
     return (logits, patterns) if return_patterns else logits
@@ -176,8 +201,11 @@ def induction_accuracy(params: dict[str, torch.Tensor], cfg: dict, seed: int, n:
     return (logits[:, -1].argmax(-1) == seg[:, -1]).float().mean().item()
 
 
-def save_tokenizer(folder: Path) -> None:
-    """A word-level tokenizer: ``<bos>`` (0, prepended to every prompt), ``t1``-``t63``, ``<pad>``, ``<unk>``.
+def save_tokenizer(folder: Path, words: list[str] | None = None) -> None:
+    """A word-level tokenizer: ``<bos>`` (0, prepended to every prompt), the words, ``<pad>``, ``<unk>``.
+
+    ``words`` lists every token in id order (default: induction-2l's ``<bos>``, ``t1``-``t63``,
+    ``<pad>``, ``<unk>``).
 
     Saved beside the weights so the zoo models read text prompts, print tokens and generate on
     both TL lines. Padding has its own id: TL 2 masks pad tokens in generate, so a pad equal to
@@ -186,10 +214,12 @@ def save_tokenizer(folder: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<bos>": BOS, **{f"t{i}": i for i in range(1, N_SYMBOLS + 1)}, "<pad>": PAD, "<unk>": UNK}
+    if words is None:
+        words = ["<bos>", *(f"t{i}" for i in range(1, N_SYMBOLS + 1)), "<pad>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
     )
@@ -202,21 +232,29 @@ def save_tokenizer(folder: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("name", choices=["induction-2l"])
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("name", choices=["induction-2l", *zoo_multitask.NAMES])
+    ap.add_argument("--steps", type=int, default=None, help="default: 4000 (induction-2l), see zoo_multitask.py")
     # Seed 1 is the shipped model: one previous-token head, four induction heads. Seed 0 gave two
     # previous-token heads (L0H2 0.95, L0H3 0.85), the second redundant: find_circuit reached 0.9
     # faithfulness without it, so "the circuit contains every ground-truth head" failed there.
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=None, help="default: 1 (induction-2l), 0 (multitask models)")
     ap.add_argument("--out", type=Path, default=ZOO)
     ap.add_argument("--tokenizer-only", action="store_true", help="only (re)write the tokenizer files")
     args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # bit-for-bit reproducible: reductions do not depend on the thread count
+    if args.name in zoo_multitask.NAMES:
+        if args.tokenizer_only:
+            save_tokenizer(args.out / args.name, zoo_multitask.mt.WORDS)
+            return
+        zoo_multitask.main(args, forward=forward, init_params=init_params, save_tokenizer=save_tokenizer)
+        return
     if args.tokenizer_only:
         save_tokenizer(args.out / args.name)
         return
+    args.steps = 4000 if args.steps is None else args.steps
+    args.seed = 1 if args.seed is None else args.seed
     torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # bit-for-bit reproducible: reductions do not depend on the thread count
 
     params, info = train_induction(args.steps, args.seed)
     cfg = INDUCTION_CFG

@@ -168,10 +168,10 @@ def test_per_example_effects(mlp_model, mlp_task):
         ex = s.per_example[kind]
         assert ex.shape == (mlp_task.batch, *getattr(s, kind).shape)
         torch.testing.assert_close(ex.mean(0), getattr(s, kind), atol=1e-5, rtol=0)
-    for i in (0, 3):  # each row is that prompt's own patched metric
+    for i in (0, 3):  # each row is that prompt's own effect: its patched minus its own corrupt metric
         alone = tls.patch(mlp_model, mlp_task.subset([i]), kinds="heads")
         torch.testing.assert_close(
-            s.per_example["heads"][i] * gap + s.corrupt_metric, alone.raw_heads, atol=1e-4, rtol=0
+            s.per_example["heads"][i] * gap + alone.corrupt_metric, alone.raw_heads, atol=1e-4, rtol=0
         )
     shuffled = tls.patch(mlp_model, mlp_task.subset([5, 4, 3, 2, 1, 0]), kinds="heads", per_example=True)
     torch.testing.assert_close(shuffled.per_example["heads"], s.per_example["heads"].flip(0), atol=1e-4, rtol=1e-5)

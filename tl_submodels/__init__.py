@@ -13,10 +13,13 @@ from tl_submodels import zoo
 from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
+from tl_submodels.diff import ModelDiff, diff
 from tl_submodels.discovery import find_circuit
 from tl_submodels.edges import Edges, attribute_edges
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.explain import Explanation, Usage, explain, usage
+from tl_submodels.factorize import Factorization, atoms, factorize
 from tl_submodels.model import TL_LINE, ModelInfo, check_model
 from tl_submodels.patching import patch
 from tl_submodels.scores import Scores
@@ -32,23 +35,32 @@ __all__ = [
     "Component",
     "Edges",
     "Evaluation",
+    "Explanation",
+    "Factorization",
     "Head",
+    "ModelDiff",
     "ModelInfo",
     "Neuron",
     "Scores",
     "SubModel",
     "TLSubmodelsError",
     "Task",
+    "Usage",
     "__version__",
     "ablated",
     "ablation_hooks",
+    "atoms",
     "attribute",
     "attribute_edges",
     "check_model",
     "complement",
+    "diff",
     "evaluate",
+    "explain",
+    "factorize",
     "find_circuit",
     "parse_component",
     "patch",
+    "usage",
     "zoo",
 ]

@@ -31,6 +31,9 @@ from tl_submodels.submodel import SubModel
 Ablation = Literal["zero", "mean", "resample", "patch"]
 ABLATIONS: tuple[Ablation, ...] = ("zero", "mean", "resample", "patch")
 HookFn = Callable[..., Tensor]
+# Reference prompts for mean / resample / patch ablation: token ids [batch, pos], or for mean
+# ablation over all positions a list of them (prompts of different lengths, e.g. several tasks').
+Reference = Int[Tensor, "batch pos"] | list[Tensor]
 
 
 def complement(model: Any, sub: SubModel | Iterable[Component | str]) -> list[Component]:
@@ -63,7 +66,7 @@ def ablation_hooks(
     sub: SubModel | Iterable[Component | str],
     *,
     ablation: Ablation = "zero",
-    reference: Int[Tensor, "batch pos"] | None = None,
+    reference: Reference | None = None,
     per_position: bool = False,
     seed: int = 0,
     keep_only: bool = False,
@@ -77,7 +80,8 @@ def ablation_hooks(
             ``per_position=True``); ``"resample"``: the activation of a random reference prompt
             (seeded) at the same position; ``"patch"``: the reference run's activation, row for
             row (reference batch equal to the run's, or 1).
-        reference: token ids ``[batch, pos]`` for mean, resample and patch.
+        reference: token ids ``[batch, pos]`` for mean, resample and patch; for mean ablation
+            over all positions also a list of them (prompts of different lengths).
         per_position: mean per position instead of over all positions.
         seed: the resample seed; a forward with the same inputs resamples the same rows.
         keep_only: ablate the complement of ``sub`` instead (see :func:`complement`).
@@ -113,21 +117,34 @@ class Ablator:
         model: Any,
         *,
         ablation: Ablation = "zero",
-        reference: Int[Tensor, "batch pos"] | None = None,
+        reference: Reference | None = None,
         per_position: bool = False,
         seed: int = 0,
     ) -> None:
         if ablation not in ABLATIONS:
             raise TLSubmodelsError(f"unknown ablation {ablation!r}: choose from {ABLATIONS}")
+        refs: list[Tensor] = []
         if ablation != "zero":
             if reference is None:
                 raise TLSubmodelsError(
                     f"ablation={ablation!r} needs reference=token ids [batch, pos] (e.g. task.corrupt)"
                 )
-            reference = torch.as_tensor(reference)
-            if reference.ndim != 2:
-                raise TLSubmodelsError(f"reference must be token ids [batch, pos], got shape {list(reference.shape)}")
-        self.model, self.ablation, self.reference = model, ablation, reference
+            refs = (
+                [torch.as_tensor(r) for r in reference]
+                if isinstance(reference, list | tuple)
+                else [torch.as_tensor(reference)]
+            )
+            if not refs or any(r.ndim != 2 for r in refs):
+                raise TLSubmodelsError(
+                    f"reference must be token ids [batch, pos] (or, for mean ablation, a list of them); got "
+                    f"{[list(r.shape) for r in refs]}"
+                )
+            if len(refs) > 1 and (ablation != "mean" or per_position):
+                raise TLSubmodelsError(
+                    "a list of references (prompts of different lengths) works for mean ablation over all "
+                    f"positions only; ablation={ablation!r}, per_position={per_position}. Pass one [batch, pos] tensor."
+                )
+        self.model, self.ablation, self.refs = model, ablation, refs
         self.per_position, self.seed = per_position, seed
         self.info = tlmodel.model_info(model)
         self._ref_acts: dict[str, Tensor] = {}
@@ -158,16 +175,22 @@ class Ablator:
 
     def _reference(self, kinds: set[Kind], names: list[str]) -> dict[str, Tensor]:
         """The reference run's activations (means, for mean ablation) at ``names``, computed once."""
-        if self.reference is None:
+        if not self.refs:
             return {}
         if any(n not in self._ref_acts for n in names):
             # Every head and MLP site at once (neurons when asked), so later calls need no new forward.
             kinds = kinds | ({"heads", "mlps"} if self.info.has_mlps else {"heads"})
             wanted = set(names) | {tlmodel.site_hook(k, layer) for k in kinds for layer in range(self.info.n_layers)}
+            wanted -= set(self._ref_acts)
             device = tlmodel.first_param_device(self.model)
-            _, acts = tlmodel.run_cache(self.model, self.reference.to(device), wanted - set(self._ref_acts))
-            if self.ablation == "mean":
-                acts = {n: a.mean(0) if self.per_position else a.mean((0, 1)) for n, a in acts.items()}
+            runs = [tlmodel.run_cache(self.model, r.to(device), wanted)[1] for r in self.refs]
+            if self.ablation == "mean" and not self.per_position:  # the mean over every token of every reference
+                n_tokens = sum(r.numel() for r in self.refs)
+                acts = {n: torch.stack([run[n].sum((0, 1)) for run in runs]).sum(0) / n_tokens for n in wanted}
+            elif self.ablation == "mean":
+                acts = {n: a.mean(0) for n, a in runs[0].items()}
+            else:
+                acts = runs[0]
             self._ref_acts.update(acts)
         return {n: self._ref_acts[n] for n in names}
 

@@ -36,6 +36,39 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--top", type=int, default=10, help="how many top components to print")
     d.add_argument("--out", type=Path, help="write the circuit as JSON here")
     d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    task_help = "a task of the zoo model, or a JSONL file of {clean, corrupt, answer, wrong} rows (repeatable)"
+    f = sub.add_parser("factorize", help="factor the components into sub-models across tasks (NMF, validated)")
+    f.add_argument("--model", required=True, help="a zoo model name (see `tl-submodels zoo list`)")
+    f.add_argument("--task", required=True, action="append", help=task_help)
+    f.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--k", type=int, default=None, help="number of sub-models (default: chosen by cross-validation)")
+    f.add_argument("--scorer", default="patch", choices=["patch", "atp", "ig"])
+    f.add_argument("--out", type=Path, help="write each sub-model as JSON into this folder")
+    f.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    e = sub.add_parser("explain", help="top predictions for a prompt with each sub-model ablated")
+    e.add_argument("--model", required=True, help="a zoo model name")
+    e.add_argument("--prompt", required=True, help="the prompt text (the model's BOS is prepended)")
+    e.add_argument("--part", required=True, action="append", type=Path, help="a sub-model JSON file (repeatable)")
+    e.add_argument(
+        "--reference", required=True, action="append", help="task(s) whose corrupt prompts give the means: " + task_help
+    )
+    e.add_argument("--k", type=int, default=5, help="predictions to list (default 5)")
+    e.add_argument("--n", type=int, default=64, help="examples per zoo reference task (default 64)")
+    e.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    df = sub.add_parser("diff", help="components and sub-models whose effects differ between two models")
+    df.add_argument("--model-a", required=True, help="a zoo model name")
+    df.add_argument("--model-b", required=True, help="a zoo model name of the same architecture")
+    df.add_argument(
+        "--task", required=True, action="append", help="a task of model b's zoo card, or a JSONL file (repeatable)"
+    )
+    df.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
+    df.add_argument("--seed", type=int, default=0)
+    df.add_argument("--top", type=int, default=10, help="how many differing components to print")
+    df.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return p
 
 
@@ -49,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "zoo":
             return _zoo(args)
-        return _discover(args)
+        command = {"discover": _discover, "factorize": _factorize, "explain": _explain, "diff": _diff}[args.command]
+        return command(args)
     except TLSubmodelsError as e:
         print(f"tl-submodels: error: {e}", file=sys.stderr)
         return 2
@@ -121,6 +155,122 @@ def _discover(args: argparse.Namespace) -> int:
     console.print(ev_table)
     if args.out:
         console.print(f"wrote {args.out}")
+    return 0
+
+
+def _tasks(model_name: str, model: Any, specs: list[str], n: int, seed: int) -> list[Any]:
+    """Zoo tasks by name, or JSONL files of {clean, corrupt, answer, wrong} rows (named by the file's stem)."""
+    import tl_submodels as tls
+
+    out = []
+    for spec in specs:
+        path = Path(spec)
+        if spec.endswith(".jsonl") or path.is_file():
+            out.append(_jsonl_task(model, path))
+        else:
+            out.append(tls.zoo.task(model_name, spec, n=n, seed=seed, model=model))
+    return out
+
+
+def _jsonl_task(model: Any, path: Path) -> Any:
+    import tl_submodels as tls
+
+    if not path.is_file():
+        raise TLSubmodelsError(f"task file {path} does not exist")
+    rows: dict[str, list[str]] = {"clean": [], "corrupt": [], "answer": [], "wrong": []}
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TLSubmodelsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in rows):
+            raise TLSubmodelsError(f"{path}:{i}: each line needs string fields clean, corrupt, answer, wrong")
+        for k in rows:
+            rows[k].append(row[k])
+    if not rows["clean"]:
+        raise TLSubmodelsError(f"{path}: no rows")
+    return tls.Task.from_prompts(
+        model, clean=rows["clean"], corrupt=rows["corrupt"], answer=rows["answer"], wrong=rows["wrong"], name=path.stem
+    )
+
+
+def _load(name: str) -> Any:
+    import tl_submodels as tls
+
+    return tls.zoo.load(name)
+
+
+def _factorize(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import tl_submodels as tls
+
+    console = Console(stderr=args.json)
+    model = _load(args.model)
+    tasks = _tasks(args.model, model, args.task, args.n, args.seed)
+    f = tls.factorize(model, tasks, k=args.k, scorer=args.scorer, progress=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for p in f.parts:
+            p.save(args.out / f"{p.name}.json")
+    frame = f.to_frame()
+    if args.json:
+        print(json.dumps({"k": len(f.parts), "k_errors": f.k_errors, "purity": f.purity,
+                          "parts": frame.to_dict(orient="records")}, indent=2))  # fmt: skip
+        return 0
+    table = Table(
+        title=f"sub-models of {args.model} ({args.scorer} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})"
+    )
+    for col in ("part", "size", "necessity", "accuracy drop", "max drop elsewhere", "components"):
+        table.add_column(col)
+    for r in frame.to_dict(orient="records"):
+        comps = r["components"] if len(r["components"]) < 60 else r["components"][:57] + "..."
+        table.add_row(r["part"], str(r["size"]), f"{r['necessity']:.2f}", f"{r['accuracy_drop']:.2f}",
+                      f"{r['max_accuracy_drop_elsewhere']:.2f}", comps)  # fmt: skip
+    console.print(table)
+    if args.out:
+        console.print(f"wrote {len(f.parts)} sub-models to {args.out}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import tl_submodels as tls
+
+    model = _load(args.model)
+    parts = [tls.SubModel.load(p) for p in args.part]
+    reference = [t.corrupt for t in _tasks(args.model, model, args.reference, args.n, 0)]
+    ex = tls.explain(model, args.prompt, parts, k=args.k, reference=reference)
+    if args.json:
+        print(json.dumps({"tokens": ex.tokens, "rows": ex.rows}, indent=2))
+        return 0
+    print(ex)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import tl_submodels as tls
+
+    console = Console(stderr=args.json)
+    a, b = _load(args.model_a), _load(args.model_b)
+    tasks = _tasks(args.model_b, b, args.task, args.n, args.seed)
+    d = tls.diff(a, b, tasks, progress=True)
+    top = [{"component": str(c), "task": t, "effect_b_minus_a": v} for c, t, v in d.ranking[: args.top]]
+    if args.json:
+        print(json.dumps({"top": top, "parts": d.to_frame().to_dict(orient="records")}, indent=2))
+        return 0
+    table = Table(title=f"components whose effects differ: {args.model_b} minus {args.model_a}")
+    for col in ("component", "task", "effect b - a"):
+        table.add_column(col)
+    for c, t, v in d.ranking[: args.top]:
+        table.add_row(str(c), t, f"{v:+.3f}")
+    console.print(table)
+    console.print(d.to_frame().to_string(index=False) if d.parts else "no validated sub-model differs")
     return 0
 
 

@@ -1,21 +1,21 @@
-"""Validate a sub-model by ablation: faithfulness, necessity and size.
+"""Validate a sub-model by ablation: faithfulness, necessity, specificity and size.
 
 faithfulness = (m(S kept, rest ablated) - m(all ablated)) / (m(full) - m(all ablated)): how much
 of the model's behaviour the sub-model carries on its own. necessity = (m(full) - m(S ablated)) /
-(m(full) - m(all ablated)): how much the behaviour is lost without it. All runs are on the clean
-prompts; "ablated" uses the chosen ablation with the task's corrupt prompts as reference.
+(m(full) - m(all ablated)): how much the behaviour is lost without it. specificity: the same
+necessity measured on each other task, and the accuracy each loses: a specific sub-model has
+high necessity on its task and near zero on the others. All runs are on the clean prompts;
+"ablated" uses the chosen ablation with the task's corrupt prompts as reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jaxtyping import Int
-from torch import Tensor
-
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, Ablator, complement
+from tl_submodels.ablation import Ablation, Ablator, Reference, complement
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
@@ -33,7 +33,8 @@ class Evaluation:
 
     faithfulness: float
     necessity: float
-    specificity: dict[str, float] | None = None
+    specificity: dict[str, float] | None = None  # other task -> its necessity (fraction of its metric lost)
+    accuracy_drop_elsewhere: dict[str, float] | None = None  # other task -> accuracy lost
     size: int
     fraction: float  # size / number of components the model has in the same universe
     metric_full: float
@@ -57,22 +58,30 @@ def evaluate(
     task: Task,
     *,
     ablation: Ablation = "mean",
-    reference: Int[Tensor, "batch pos"] | None = None,
+    reference: Reference | None = None,
+    others: Sequence[Task] = (),
 ) -> Evaluation:
-    """Faithfulness, necessity and size of ``sub`` on ``task``.
+    """Faithfulness, necessity and size of ``sub`` on ``task``; specificity over ``others``.
 
     Args:
         model: a TransformerLens model in eval mode.
         sub: the sub-model to validate.
         task: the behaviour; runs are on ``task.clean``.
         ablation: how removed components are replaced (see :func:`tl_submodels.ablation_hooks`).
-        reference: tokens for mean/resample ablation (default: ``task.corrupt``).
+        reference: tokens for mean/resample ablation (default: ``task.corrupt``); the same
+            ablation values are used on the other tasks.
+        others: other tasks: ``specificity[name]`` is the sub-model's necessity on each, and
+            ``accuracy_drop_elsewhere[name]`` the accuracy each loses when it is ablated.
 
     Raises:
-        TLSubmodelsError: when ablating everything does not change the metric (nothing to measure).
+        TLSubmodelsError: when ablating everything does not change the metric (nothing to measure),
+            or another task has the same name or another vocabulary.
 
     Example:
         >>> ev = tls.evaluate(model, tls.SubModel(components=["L1H1"]), task)  # doctest: +SKIP
+        >>> ev = tls.evaluate(model, part, add_task, others=[succ_task, maj_task])  # doctest: +SKIP
+        >>> ev.specificity  # doctest: +SKIP
+        {'successor': 0.02, 'majority': -0.01}
     """
     tlmodel.check_model(model, ())
     sub.validate(model)
@@ -82,24 +91,42 @@ def evaluate(
         ref = task.corrupt
     ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
 
-    def run(hooks: list) -> tuple[float, float]:
-        logits = tlmodel.run_logits(model, task.clean, hooks)
-        return float(task.metric(logits)), task.accuracy(logits)
+    names = [t.name for t in others]
+    if task.name in names or len(set(names)) != len(names):
+        raise TLSubmodelsError(f"tasks need distinct names to report specificity; got {[task.name, *names]}")
+    for t in others:
+        if t.d_vocab != task.d_vocab:
+            raise TLSubmodelsError(f"task {t.name!r} has d_vocab={t.d_vocab}, task {task.name!r} {task.d_vocab}")
 
-    full, acc_full = run([])
-    kept, acc_kept = run(ablator.hooks(sub, keep_only=True))
-    removed, acc_removed = run(ablator.hooks(sub))
-    nothing, _ = run(ablator.hooks([], keep_only=True))
-    denom = full - nothing
-    if abs(denom) <= 1e-6 * max(1.0, abs(full)):
-        raise TLSubmodelsError(
-            f"ablating every component leaves the metric at {full:.4g}: nothing to attribute. "
-            "Try another ablation or reference."
-        )
+    def run(t: Task, hooks: list) -> tuple[float, float]:
+        logits = tlmodel.run_logits(model, t.clean, hooks)
+        return float(t.metric(logits)), t.accuracy(logits)
+
+    def necessity(t: Task) -> tuple[float, float, float, float, float, float]:
+        full, acc_full = run(t, [])
+        removed, acc_removed = run(t, ablator.hooks(sub))
+        nothing, _ = run(t, ablator.hooks([], keep_only=True))
+        denom = full - nothing
+        if abs(denom) <= 1e-6 * max(1.0, abs(full)):
+            raise TLSubmodelsError(
+                f"task {t.name!r}: ablating every component leaves the metric at {full:.4g}: nothing to attribute. "
+                "Try another ablation or reference."
+            )
+        return full, removed, nothing, denom, acc_full, acc_removed
+
+    full, removed, nothing, denom, acc_full, acc_removed = necessity(task)
+    kept, acc_kept = run(task, ablator.hooks(sub, keep_only=True))
+    specificity, drops = {}, {}
+    for t in others:
+        f, r, _, d, a_full, a_removed = necessity(t.to(task.clean.device))
+        specificity[t.name] = (f - r) / d
+        drops[t.name] = a_full - a_removed
     universe = len(complement(model, SubModel(name="empty")))
     return Evaluation(
         faithfulness=(kept - nothing) / denom,
         necessity=(full - removed) / denom,
+        specificity=specificity if others else None,
+        accuracy_drop_elsewhere=drops if others else None,
         size=len(sub),
         fraction=len(sub) / max(1, universe),
         metric_full=full,

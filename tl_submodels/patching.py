@@ -63,6 +63,7 @@ def patch(
     fast: bool = True,
     components: Iterable[Component | str] | None = None,
     per_example: bool = False,
+    require_gap: bool = True,
 ) -> Scores:
     """Exact patching scores for every component of the given kinds.
 
@@ -83,6 +84,9 @@ def patch(
         components: patch only these (e.g. candidates from attribution); the other entries of
             the score tensors are NaN. Default: every component of ``kinds``.
         per_example: also keep each prompt's effect (``Scores.per_example``).
+        require_gap: refuse a task whose clean and corrupt metrics are equal (nothing to
+            normalise by). False scores it anyway: raw metrics as usual, normalised scores NaN
+            (``tls.diff`` uses this for a model that lacks the behaviour).
 
     Returns:
         Scores with normalised effects and the raw metric of each patched run.
@@ -127,10 +131,13 @@ def patch(
     source = {n: both[n][:batch] for n in sites}
     base = {n: a[batch:] for n, a in both.items()}
 
-    base_value = float(task.metric(base_logits))
+    base_each = task.per_example(task.final_logits(base_logits)).cpu()
+    base_value = float(base_each.mean())
     source_value = float(task.metric(source_logits))
     clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = metric_gap(task, clean_value, corrupt_value)
+    gap = metric_gap(task, clean_value, corrupt_value) if require_gap else clean_value - corrupt_value
+    if not require_gap and abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
+        gap = float("nan")
 
     out_pos = task.out_pos
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention).
@@ -216,6 +223,12 @@ def patch(
         return (t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap
 
     norm = {k: None if t is None else normalise(t) for k, t in raw.items()}
+
+    # Per example, the effect is measured from that example's own unpatched run.
+    def normalise_each(t: Tensor) -> Tensor:
+        b = base_each.view(-1, *[1] * (t.ndim - 1))
+        return (t - b) / gap if direction == "denoising" else (b - t) / gap
+
     return Scores(
         heads=norm["heads"],
         neurons=norm["neurons"],
@@ -230,7 +243,7 @@ def patch(
         metric=task.metric_name,
         per_position=per_position,
         task=task.name,
-        per_example={k: normalise(v) for k, v in examples.items()} if per_example else None,
+        per_example={k: normalise_each(v) for k, v in examples.items()} if per_example else None,
     )
 
 

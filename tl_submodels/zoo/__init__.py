@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tl_submodels import model as tlmodel
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 from tl_submodels.task import Task
+from tl_submodels.zoo import multitask
 
 ROOT = Path(__file__).resolve().parent
 
@@ -107,14 +108,14 @@ def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None)
     if n < 1:
         raise TLSubmodelsError(f"n must be a positive number of examples, got {n}")
     builder = _BUILDERS[card["tasks"][task]["builder"]]
-    clean, corrupt, answer, wrong = builder(card, n, torch.Generator().manual_seed(seed))
+    clean, corrupt, answer, wrong = builder(card, task, n, torch.Generator().manual_seed(seed))
     model = model if model is not None else load(name)
     return Task.from_tokens(model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, name=task)
 
 
-def _induction(card: dict[str, Any], n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _induction(card: dict[str, Any], task: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """clean: BOS, A, A[:-1]; corrupt: BOS, A, B[:-1]; answer A[-1]; wrong B[-1] (B random, B[-1] != A[-1])."""
-    spec = card["tasks"]["induction"]
+    spec = card["tasks"][task]
     length, (lo, hi), bos = spec["segment"], card["symbols"], card["bos_token"]
     a = torch.randint(lo, hi + 1, (n, length), generator=gen)
     b = torch.randint(lo, hi + 1, (n, length), generator=gen)
@@ -126,4 +127,15 @@ def _induction(card: dict[str, Any], n: int, gen: torch.Generator) -> tuple[torc
     return clean, corrupt, a[:, -1], b[:, -1]
 
 
-_BUILDERS = {"induction": _induction}
+def _multitask(card: dict[str, Any], task: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A task of the multitask zoo models (see ``tl_submodels.zoo.multitask``)."""
+    clean, corrupt, answer, wrong, _ = multitask.sample(task, n, gen)
+    return clean, corrupt, answer, wrong
+
+
+def _backdoor(card: dict[str, Any], task: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Triggered prompts of every task (clean) against the same prompts without the trigger (corrupt)."""
+    return multitask.backdoor(n, gen)
+
+
+_BUILDERS = {"induction": _induction, "multitask": _multitask, "backdoor": _backdoor}

@@ -1,0 +1,48 @@
+"""diff against a copy of a model with one head removed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MLP_CFG, make_mlp_task, random_tl_state
+
+import tl_submodels as tls
+from tl_submodels import model as tlmodel
+
+
+def test_diff_finds_the_head_removed_by_hand(mlp_model, mlp_state):
+    task = make_mlp_task(mlp_model, n=8)
+    s = tls.patch(mlp_model, task, kinds=("heads",), direction="noising")
+    head = int((s.clean_metric - s.raw_heads[2]).abs().argmax())  # the last layer's most important head
+    state = {k: v.clone() for k, v in mlp_state.items()}
+    state["blocks.2.attn.W_O"][head] = 0.0  # model b lacks it
+    other = tlmodel.build_from_tl_checkpoint(MLP_CFG, state)
+    d = tls.diff(mlp_model, other, [task], ablation="zero", min_score=-1.0)
+    # the ranking is by |difference| (one task: no scaling between tasks); on a random model the
+    # upstream components change too (part of their effect went through the silenced head), so
+    # the zoo's harmful/harmless pair tests what diff surfaces (test_multitask.py)
+    diffs = [abs(v) for _, _, v in d.ranking]
+    assert diffs == sorted(diffs, reverse=True)
+    i = d.components.index(tls.Head(2, head))
+    assert d.effects_b[0, i] == pytest.approx(0.0, abs=1e-5)  # a silenced head has no effect in b
+    delta = next(v for c, _, v in d.ranking if c == tls.Head(2, head))
+    assert delta == pytest.approx(-float(d.effects_a[0, i]), abs=1e-5)
+    # model a's effects are its own noising effects
+    torch.testing.assert_close(d.effects_a[0, :12], (s.clean_metric - s.raw_heads).flatten(), atol=1e-5, rtol=0)
+
+
+def test_diff_of_a_model_with_itself_is_empty(mlp_model):
+    task = make_mlp_task(mlp_model, n=6)
+    d = tls.diff(mlp_model, mlp_model, [task], ablation="zero")
+    torch.testing.assert_close(d.effects_a, d.effects_b)
+    assert d.parts == []
+
+
+def test_diff_refuses_other_architectures(mlp_model):
+    cfg = dict(MLP_CFG, n_layers=2)
+    small = tlmodel.build_from_tl_checkpoint(cfg, random_tl_state(cfg))
+    task = make_mlp_task(mlp_model)
+    with pytest.raises(tls.TLSubmodelsError, match="n_layers: 3 vs 2"):
+        tls.diff(mlp_model, small, [task])
+    with pytest.raises(tls.TLSubmodelsError, match="no tasks"):
+        tls.diff(mlp_model, mlp_model, [])

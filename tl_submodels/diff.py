@@ -1,0 +1,202 @@
+"""Diff two models of one architecture (e.g. a harmful and a harmless fine-tune): what one uses and the other not.
+
+For every task, each component is scored in both models by exact noising patching, in the
+task's metric units (not normalised: one model may lack the behaviour, leaving nothing to
+normalise by). Components are ranked by how much their effect differs. For each task, the
+top-ranked components form a candidate sub-model; how many is chosen by validation: the set is
+ablated in both models, and the one whose ablation changes that task's accuracy most
+differently in the two models, at the least cost to the other tasks, wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_submodels import model as tlmodel
+from tl_submodels.ablation import Ablation, Ablator, Reference
+from tl_submodels.components import Component, Kind
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.patching import patch
+from tl_submodels.submodel import SubModel
+from tl_submodels.task import Task
+
+ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelDiff:
+    """Components and sub-models whose effects differ between two models.
+
+    Attributes:
+        components: every scored component.
+        effects_a, effects_b: ``[task, component]`` noising effect (clean metric minus the
+            metric with the component patched from the corrupt run), in metric units.
+        ranking: ``(component, task, effect_b - effect_a)``, largest ``|difference|`` first
+            (over tasks scaled by their larger clean-corrupt gap).
+        parts: one SubModel per task where the models differ, named ``"{task}"``.
+        validation: per part, per model (``"a"``/``"b"``), per task: accuracy unablated and ablated.
+
+    Example:
+        >>> d = tls.diff(harmless, harmful, tasks)  # doctest: +SKIP
+        >>> d.parts[0].name, d.validation[0]["b"]["backdoor"]  # doctest: +SKIP
+        ('backdoor', {'full': 1.0, 'ablated': 0.0})
+    """
+
+    components: list[Component]
+    task_names: list[str]
+    effects_a: Float[Tensor, "task component"]
+    effects_b: Float[Tensor, "task component"]
+    ranking: list[tuple[Component, str, float]]
+    parts: list[SubModel]
+    validation: list[dict[str, dict[str, dict[str, float]]]]
+    scores: list[float]
+
+    def to_frame(self) -> Any:
+        """One row per part: task, size, accuracy change of its task in each model, largest change elsewhere."""
+        import pandas as pd
+
+        rows = []
+        for p, v, score in zip(self.parts, self.validation, self.scores, strict=True):
+            row: dict[str, Any] = {"part": p.name, "size": len(p), "score": score}
+            for m in ("a", "b"):
+                row[f"{m}: {p.name} acc"] = f"{v[m][p.name]['full']:.2f} -> {v[m][p.name]['ablated']:.2f}"
+                row[f"{m}: max drop elsewhere"] = max(
+                    (x["full"] - x["ablated"] for t, x in v[m].items() if t != p.name), default=0.0
+                )
+            row["components"] = " ".join(str(c) for c in sorted(p))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def diff(
+    model_a: Any,
+    model_b: Any,
+    tasks: Sequence[Task],
+    *,
+    kinds: tuple[Kind, ...] | None = None,
+    ablation: Ablation = "mean",
+    reference: Reference | None = None,
+    min_score: float = 0.5,
+    progress: bool = False,
+) -> ModelDiff:
+    """The components and sub-models whose effects differ between two models of one architecture.
+
+    Args:
+        model_a, model_b: TransformerLens models with the same shapes and vocabulary.
+        tasks: behaviours to compare on (built for either model: same vocabulary).
+        kinds: component kinds (default: heads, and neurons where the models have MLPs).
+        ablation: how parts are ablated to validate them (mean over ``reference``).
+        reference: prompts for the means (default: every task's corrupt prompts).
+        min_score: keep a task's part only if its validated accuracy difference (the task's
+            accuracy change in one model minus in the other, less the largest change elsewhere)
+            reaches this.
+        progress: show progress bars.
+
+    Raises:
+        TLSubmodelsError: models of different architectures, no tasks, tasks of another vocabulary.
+
+    Example:
+        >>> a, b = tls.zoo.load("harmless-3l"), tls.zoo.load("harmful-3l")  # doctest: +SKIP
+        >>> tasks = [tls.zoo.task("harmful-3l", t, n=64) for t in ("backdoor", "addition")]  # doctest: +SKIP
+        >>> tls.diff(a, b, tasks).to_frame()  # doctest: +SKIP
+    """
+    info_a, info_b = tlmodel.check_model(model_a, ()), tlmodel.check_model(model_b, ())
+    differ = [
+        f"{f}: {getattr(info_a, f)} vs {getattr(info_b, f)}"
+        for f in ARCH_FIELDS
+        if getattr(info_a, f) != getattr(info_b, f)
+    ]
+    if differ:
+        raise TLSubmodelsError(
+            "diff compares two models of one architecture (component by component); these differ in "
+            + "; ".join(differ)
+        )
+    tasks = list(tasks)
+    if not tasks:
+        raise TLSubmodelsError("no tasks given: pass a list of at least one Task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise TLSubmodelsError(f"tasks need distinct names; got {names}")
+    for t in tasks:
+        if t.d_vocab != info_a.d_vocab:
+            raise TLSubmodelsError(f"task {t.name!r} has d_vocab={t.d_vocab}; the models have {info_a.d_vocab}")
+    kinds = kinds or (("heads", "neurons") if info_a.has_mlps else ("heads",))
+    components = [c for kind in kinds for c in info_a.components((kind,))]
+
+    def effects(model: Any) -> tuple[Tensor, list[float]]:
+        rows, gaps = [], []
+        for t in tasks:
+            s = patch(model, t.to(tlmodel.first_param_device(model)), kinds=kinds, direction="noising",
+                      require_gap=False, progress=progress)  # fmt: skip
+            raw = torch.cat([getattr(s, f"raw_{k}").reshape(-1) for k in kinds])
+            rows.append(s.clean_metric - raw)
+            gaps.append(abs(s.clean_metric - s.corrupt_metric))
+        return torch.stack(rows), gaps
+
+    eff_a, gaps_a = effects(model_a)
+    eff_b, gaps_b = effects(model_b)
+    scale = torch.tensor([max(a, b, 1e-6) for a, b in zip(gaps_a, gaps_b, strict=True)])[:, None]
+    delta = eff_b - eff_a
+    rel = (delta / scale).abs()
+    flat = rel.flatten().argsort(descending=True).tolist()
+    ranking = [(components[i % len(components)], names[i // len(components)], float(delta.flatten()[i])) for i in flat]
+
+    ref = reference if reference is not None else [t.corrupt for t in tasks]
+    ablators = {m: Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
+                for m, model in (("a", model_a), ("b", model_b))}  # fmt: skip
+    models = {"a": model_a, "b": model_b}
+
+    def accuracies(m: str, sub: list[Component]) -> list[float]:
+        model = models[m]
+        hooks = ablators[m].hooks(sub) if sub else []
+        dev = tlmodel.first_param_device(model)
+        return [t.accuracy(tlmodel.run_logits(model, t.clean.to(dev), hooks)) for t in tasks]
+
+    base = {m: accuracies(m, []) for m in models}
+    parts, validation, scores = [], [], []
+    for ti, t in enumerate(tasks):
+        order = rel[ti].argsort(descending=True).tolist()
+        best: tuple[float, int, dict[str, list[float]]] = (float("-inf"), 0, {})
+        n = 1
+        while n <= len(order):
+            sub = [components[c] for c in order[:n]]
+            acc = {m: accuracies(m, sub) for m in models}
+            change = {m: [b - a for b, a in zip(base[m], acc[m], strict=True)] for m in models}
+            own = abs(change["a"][ti] - change["b"][ti])
+            elsewhere = max((abs(change[m][j]) for m in models for j in range(len(tasks)) if j != ti), default=0.0)
+            score = own - elsewhere
+            if score > best[0] + 1e-9:
+                best = (score, n, acc)
+            n *= 2
+        score, n, acc = best
+        if score < min_score:
+            continue
+        parts.append(
+            SubModel(
+                components=[components[c] for c in order[:n]],
+                name=t.name,
+                description=f"diff: the {n} components whose {t.name!r} effects differ most between the models; "
+                f"validated score {score:.2f}",
+            )
+        )
+        validation.append(
+            {m: {tn: {"full": base[m][j], "ablated": acc[m][j]} for j, tn in enumerate(names)} for m in models}
+        )
+        scores.append(score)
+    order = sorted(range(len(parts)), key=lambda i: -scores[i])
+    return ModelDiff(
+        components=components,
+        task_names=names,
+        effects_a=eff_a,
+        effects_b=eff_b,
+        ranking=ranking,
+        parts=[parts[i] for i in order],
+        validation=[validation[i] for i in order],
+        scores=[scores[i] for i in order],
+    )

@@ -1,0 +1,343 @@
+"""Use sub-models on one prompt: which ones it uses, position by position, and what ablating them changes.
+
+``usage`` measures, for each sub-model and each position of a prompt, how much the sub-model's
+components at that position contribute to the prediction: exactly, by ablating them there
+(one forward per sub-model and position), or fast, by attribution (one forward and backward:
+``(activation - ablation value) . d metric / d activation``, summed over the sub-model's
+components). ``explain`` reruns the prompt with each sub-model ablated and lists the top
+predictions side by side, with the probability moved and the KL divergence from the full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_submodels import model as tlmodel
+from tl_submodels.ablation import Ablation, Ablator, Reference
+from tl_submodels.components import Head, Neuron
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SubModel
+
+Parts = Sequence[SubModel] | Mapping[str, SubModel] | Any  # or anything with .parts (a Factorization)
+
+
+def _parts(parts: Parts) -> list[SubModel]:
+    items = parts.parts if hasattr(parts, "parts") else parts
+    items = list(items.values()) if isinstance(items, Mapping) else list(items)
+    if not items or not all(isinstance(p, SubModel) for p in items):
+        raise TLSubmodelsError(
+            "parts must be a non-empty list of SubModels, a {name: SubModel} dict, or a Factorization; "
+            f"got {type(parts).__name__}"
+        )
+    names = [p.name for p in items]
+    if len(set(names)) != len(names):
+        raise TLSubmodelsError(f"parts need distinct names; got {names}. Rename with part.renamed('...')")
+    return items
+
+
+def _prompt(model: Any, tokens: str | Tensor | Sequence[int]) -> Tensor:
+    """One prompt as ``[1, pos]`` token ids on the model's device."""
+    ids = torch.tensor([tlmodel.tokenize(model, tokens)]) if isinstance(tokens, str) else torch.as_tensor(tokens)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1 or ids.numel() == 0 or ids.dtype.is_floating_point:
+        raise TLSubmodelsError(f"tokens must be one prompt: a string or token ids [pos]; got shape {list(ids.shape)}")
+    info = tlmodel.model_info(model)
+    if ids.min() < 0 or ids.max() >= info.d_vocab:
+        raise TLSubmodelsError(f"token ids must lie in 0-{info.d_vocab - 1} (d_vocab={info.d_vocab})")
+    return ids.long()[None].to(tlmodel.first_param_device(model))
+
+
+def _words(model: Any, ids: Tensor) -> list[str]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [str(int(i)) for i in ids]
+    return [tok.decode([int(i)]) for i in ids]
+
+
+def _ablator(model: Any, ablation: Ablation, reference: Reference | None, prompt: Tensor) -> Ablator:
+    if ablation in ("resample", "patch") and reference is None:
+        raise TLSubmodelsError(f"ablation={ablation!r} needs reference= token ids")
+    ref = None if ablation == "zero" else (reference if reference is not None else prompt)
+    if ablation == "mean" and reference is None:
+        raise TLSubmodelsError(
+            "mean ablation needs reference= prompts to take the means over (e.g. task.corrupt, or a list of "
+            "several tasks' prompts); or use ablation='zero'"
+        )
+    return Ablator(model, ablation=ablation, reference=ref)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """How much each sub-model contributes at each position of one prompt.
+
+    ``values[i, p]``: the drop in the target token's logit at the last position when sub-model
+    ``i`` is ablated at position ``p`` only (exact), or its attribution estimate. ``totals[i]``:
+    the same with the sub-model ablated at every position (for attribution, the sum over positions).
+
+    Example:
+        >>> u = tls.usage(model, parts, "IND w1 s3 s4 s5 s3 s4", reference=task.corrupt)  # doctest: +SKIP
+        >>> u.ranking()[0]  # doctest: +SKIP
+        ('induction', 7.9)
+    """
+
+    values: Float[Tensor, "part pos"]
+    totals: Float[Tensor, " part"]
+    parts: list[str]
+    tokens: list[str]
+    target: str
+    target_id: int
+    method: str
+    ablation: str
+
+    def ranking(self, position: int | None = None) -> list[tuple[str, float]]:
+        """Parts by contribution, largest first: at ``position`` (e.g. -1, the answer position), or in total."""
+        col = self.totals if position is None else self.values[:, position]
+        order = col.argsort(descending=True).tolist()
+        return [(self.parts[i], float(col[i])) for i in order]
+
+    def to_frame(self) -> Any:
+        """A pandas table: one row per part, one column per position (``"3:s4"``), and the total."""
+        import pandas as pd
+
+        cols = [f"{i}:{t}" for i, t in enumerate(self.tokens)]
+        frame = pd.DataFrame(self.values.numpy(), index=self.parts, columns=cols)
+        frame["total"] = self.totals.numpy()
+        return frame
+
+
+def usage(
+    model: Any,
+    parts: Parts,
+    tokens: str | Int[Tensor, " pos"] | Sequence[int],
+    *,
+    method: Literal["ablation", "attribution"] = "ablation",
+    ablation: Ablation = "mean",
+    reference: Reference | None = None,
+    target: int | str | None = None,
+) -> Usage:
+    """Each sub-model's contribution at each position of one prompt to the predicted token.
+
+    Args:
+        model: a TransformerLens model in eval mode.
+        parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization).
+        tokens: the prompt, as text or token ids ``[pos]``.
+        method: ``"ablation"`` (exact: one forward per part and position) or ``"attribution"``
+            (one forward and backward).
+        ablation: ``"mean"`` (over ``reference``) or ``"zero"``.
+        reference: prompts for the means (e.g. ``task.corrupt``, or a list of several tasks').
+        target: the token whose logit is explained (default: the model's top prediction).
+
+    Returns:
+        A :class:`Usage`.
+
+    Example:
+        >>> u = tls.usage(model, parts, prompt_ids, reference=[t.corrupt for t in tasks])  # doctest: +SKIP
+        >>> u.to_frame()  # doctest: +SKIP
+    """
+    if method not in ("ablation", "attribution"):
+        raise TLSubmodelsError(f"unknown method {method!r}: choose 'ablation' or 'attribution'")
+    if ablation not in ("mean", "zero"):
+        raise TLSubmodelsError(f"usage ablates with 'mean' or 'zero', got {ablation!r}")
+    tlmodel.check_model(model, ())
+    subs = _parts(parts)
+    for s in subs:
+        s.validate(model)
+    prompt = _prompt(model, tokens)
+    seq = prompt.shape[1]
+    full = tlmodel.run_logits(model, prompt)[0, -1]
+    tid = int(full.argmax()) if target is None else _target(model, target)
+    ablator = _ablator(model, ablation, reference, prompt)
+    if method == "ablation":
+        base = float(full[tid])
+        values = torch.zeros(len(subs), seq)
+        totals = torch.zeros(len(subs))
+        for i, s in enumerate(subs):
+            totals[i] = base - float(tlmodel.run_logits(model, prompt, ablator.hooks(s))[0, -1, tid])
+            for p in range(seq):
+                at = [c.at(p) for c in s]
+                values[i, p] = base - float(tlmodel.run_logits(model, prompt, ablator.hooks(at))[0, -1, tid])
+    else:
+        values = _attribution(model, subs, prompt, tid, ablator)
+        totals = values.sum(1)
+    return Usage(
+        values=values,
+        totals=totals,
+        parts=[s.name for s in subs],
+        tokens=_words(model, prompt[0]),
+        target=_words(model, torch.tensor([tid]))[0],
+        target_id=tid,
+        method=method,
+        ablation=ablation,
+    )
+
+
+def _target(model: Any, target: int | str) -> int:
+    tid = tlmodel.single_token(model, target) if isinstance(target, str) else int(target)
+    d_vocab = tlmodel.model_info(model).d_vocab
+    if not 0 <= tid < d_vocab:
+        raise TLSubmodelsError(f"target token {tid} is outside the vocabulary (0-{d_vocab - 1})")
+    return tid
+
+
+def _attribution(model: Any, subs: list[SubModel], prompt: Tensor, tid: int, ablator: Ablator) -> Tensor:
+    """(activation - ablation value) . gradient of the target logit, per part and position."""
+    comps = sorted({c.without_pos() for s in subs for c in s})
+    sites = sorted({tlmodel.site_hook(c.kind, c.layer) for c in comps})
+    ref = ablator._reference({c.kind for c in comps}, sites) if ablator.refs else {}
+    acts: dict[str, Tensor] = {}
+    leaves: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Any:  # by our name: TL 4 calls hooks with its own (aliased) hook names
+        def keep(act: Tensor, hook: Any) -> Tensor:
+            # act + a zero leaf: the leaf's gradient is the total gradient at this site, through
+            # every later component (detaching here would cut the paths through later sites)
+            acts[name] = act.detach()
+            leaves[name] = torch.zeros_like(act, requires_grad=True)
+            return act + leaves[name]
+
+        return keep
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(prompt, fwd_hooks=[(n, keeper(n)) for n in sites])
+        grads = dict(zip(sites, torch.autograd.grad(logits[0, -1, tid], [leaves[n] for n in sites]), strict=True))
+    out = torch.zeros(len(subs), prompt.shape[1])
+    for i, s in enumerate(subs):
+        for c in s:
+            name = tlmodel.site_hook(c.kind, c.layer)
+            a, g = acts[name][0], grads[name][0]
+            base = ref[name].to(a.device, a.dtype) if name in ref else torch.zeros((), device=a.device)
+            d = (a - base) * g  # [pos, ...]
+            if isinstance(c, Head):
+                contrib = d[:, c.head].sum(-1)
+            elif isinstance(c, Neuron):
+                contrib = d[:, c.neuron]
+            else:
+                contrib = d.sum(-1)
+            if c.pos is None:
+                out[i] += contrib.cpu()
+            else:
+                out[i, c.pos] += float(contrib[c.pos])
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation:
+    """The top next-token predictions of the full model and with each sub-model ablated.
+
+    ``rows[0]`` is the full model; each row has the ablated part's name, its top-k
+    ``(token, probability)``, the probability of the full model's top token, how much it moved,
+    and the KL divergence from the full model's distribution.
+
+    Example:
+        >>> ex = tls.explain(model, prompt, parts, reference=ref)  # doctest: +SKIP
+        >>> print(ex)  # doctest: +SKIP
+    """
+
+    rows: list[dict[str, Any]]
+    tokens: list[str]
+    ablation: str
+
+    def top(self, name: str = "full") -> str:
+        """The top prediction of the run ``name`` ("full" or a part's name)."""
+        for r in self.rows:
+            if r["ablated"] == name:
+                return r["top"][0][0]
+        raise TLSubmodelsError(f"no run {name!r}; the runs are {[r['ablated'] for r in self.rows]}")
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        k = len(self.rows[0]["top"])
+        return pd.DataFrame(
+            [
+                {
+                    "ablated": r["ablated"],
+                    **{f"#{i + 1}": f"{t} ({p:.2f})" for i, (t, p) in enumerate(r["top"][:k])},
+                    "p(full top)": r["p_full_top"],
+                    "moved": r["moved"],
+                    "kl": r["kl"],
+                }
+                for r in self.rows
+            ]
+        )
+
+    def __str__(self) -> str:
+        return self.to_frame().to_string(index=False)
+
+
+def explain(
+    model: Any,
+    tokens: str | Int[Tensor, " pos"] | Sequence[int],
+    parts: Parts,
+    *,
+    k: int = 5,
+    ablation: Ablation = "mean",
+    reference: Reference | None = None,
+    combinations: Iterable[Iterable[str]] = (),
+) -> Explanation:
+    """Rerun a prompt with each sub-model (or combination) ablated; top-k predictions side by side.
+
+    Args:
+        model: a TransformerLens model in eval mode.
+        tokens: the prompt, as text or token ids ``[pos]``.
+        parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization).
+        k: how many predictions to list.
+        ablation: ``"mean"`` (over ``reference``) or ``"zero"``.
+        reference: prompts for the means (e.g. ``task.corrupt``).
+        combinations: extra runs ablating several parts together, by name (``[("a", "b")]``).
+
+    Example:
+        >>> ex = tls.explain(model, prompt, [backdoor], reference=task.corrupt)  # doctest: +SKIP
+        >>> ex.top("full"), ex.top("backdoor")  # doctest: +SKIP
+        ('HARM', 'n7')
+    """
+    if ablation not in ("mean", "zero"):
+        raise TLSubmodelsError(f"explain ablates with 'mean' or 'zero', got {ablation!r}")
+    tlmodel.check_model(model, ())
+    subs = _parts(parts)
+    for s in subs:
+        s.validate(model)
+    by_name = {s.name: s for s in subs}
+    runs = [(s.name, s) for s in subs]
+    for combo in combinations:
+        names = list(combo)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise TLSubmodelsError(f"combination {names}: no part {missing}; the parts are {list(by_name)}")
+        union = SubModel(components=set().union(*(by_name[n].components for n in names)), name="+".join(names))
+        runs.append((union.name, union))
+    vocab = tlmodel.model_info(model).d_vocab
+    if not 1 <= k <= vocab:
+        raise TLSubmodelsError(f"k must be in 1-{vocab}, got {k}")
+    prompt = _prompt(model, tokens)
+    ablator = _ablator(model, ablation, reference, prompt)
+    full = tlmodel.run_logits(model, prompt)[0, -1].float().log_softmax(-1)
+    top_id = int(full.argmax())
+    rows = []
+    for name, sub in [("full", None), *runs]:
+        logp = (
+            full
+            if sub is None
+            else tlmodel.run_logits(model, prompt, ablator.hooks(sub))[0, -1].float().log_softmax(-1)
+        )
+        probs = logp.exp()
+        top = probs.topk(k)
+        rows.append(
+            {
+                "ablated": name,
+                "top": [
+                    (w, float(p)) for w, p in zip(_words(model, top.indices.cpu()), top.values.tolist(), strict=True)
+                ],
+                "p_full_top": float(probs[top_id]),
+                "moved": float(probs[top_id] - full[top_id].exp()),
+                "kl": float((full.exp() * (full - logp)).sum()),
+            }
+        )
+    return Explanation(rows=rows, tokens=_words(model, prompt[0]), ablation=ablation)

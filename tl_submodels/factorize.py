@@ -1,0 +1,404 @@
+"""Factorise a model's components into sub-models across tasks and prompts, and the atoms of circuits.
+
+``factorize`` builds the prompts x components matrix of per-prompt effects (exact noising
+patching, or attribution) over every task, and factors its magnitude non-negatively:
+``|E| ~ W H``. Non-negative matrix factorisation (NMF) fits the question: a prompt uses a
+sub-model or it does not, and a component belongs to a sub-model with some weight; neither can
+be negative, and the parts add up. PCA or ICA would allow signed mixtures that cancel, which
+have no reading as "parts". Row ``i`` of ``W`` says how much prompt ``i`` uses each factor; row
+``j`` of ``H`` says which components make factor ``j``.
+
+- **k** (the number of sub-models), when not given, is chosen by held-out-entry cross-validation
+  (Wold's holdout / bi-cross-validation, as Owen and Perry 2009): a tenth of the matrix entries
+  is hidden, NMF is fitted on the rest for each candidate k, and the k with the smallest error
+  on the hidden entries wins. Which entries are hidden depends on the prompt's tokens, not its
+  row, so the choice does not depend on the prompts' order.
+- **Membership**: a factor's components are those whose loading clears a threshold; the
+  threshold is chosen by validation: each candidate set is ablated (mean ablation by default)
+  and the one that best trades the accuracy lost on the factor's own tasks against the largest
+  loss on any other task wins (fewer components on ties).
+- **Label**: the task whose prompts use the factor most.
+
+NMF starts from NNDSVDa (a deterministic SVD-based start), so equal inputs give equal results.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_submodels import model as tlmodel
+from tl_submodels.ablation import Ablation, Ablator, Reference
+from tl_submodels.attribution import attribute
+from tl_submodels.components import Component, Kind, parse_component
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.patching import patch
+from tl_submodels.submodel import SubModel
+from tl_submodels.task import Task
+
+Scorer = Literal["patch", "atp", "ig"]
+HOLDOUT = 10  # one entry in HOLDOUT is hidden when choosing k
+NMF_ITERS = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class Factorization:
+    """Sub-models found across tasks, which prompts use them, and how each validated.
+
+    Attributes:
+        parts: one SubModel per factor, named by its label (``"addition"``, ``"addition-2"``...).
+        labels: the task whose prompts use each part most.
+        task_share: ``[part, task]`` each part's usage split over the tasks (rows sum to 1).
+        usage: ``[prompt, part]`` how much each prompt uses each part (rows sum to 1).
+        prompt_task: the task of each prompt (row of ``usage``).
+        evaluations: each part validated by ablation on its label task, with specificity on the others.
+        effects: ``[prompt, component]`` the per-prompt effects that were factorised.
+        components: the columns of ``effects``.
+        loadings: ``[part, component]`` the factor loadings (NMF's H).
+        k_errors: held-out error of each candidate k (empty when k was given).
+
+    Example:
+        >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
+        >>> [(p.name, len(p)) for p in f.parts]  # doctest: +SKIP
+        [('addition', 9), ('induction', 4), ...]
+    """
+
+    parts: list[SubModel]
+    labels: list[str]
+    task_names: list[str]
+    task_share: Float[Tensor, "part task"]
+    usage: Float[Tensor, "prompt part"]
+    prompt_task: list[str]
+    evaluations: list[Evaluation]
+    effects: Float[Tensor, "prompt component"]
+    components: list[Component]
+    loadings: Float[Tensor, "part component"]
+    k_errors: dict[int, float]
+    ablation: str
+    scorer: str
+
+    @property
+    def purity(self) -> float:
+        """Fraction of prompts whose most-used part is labelled with the prompt's own task."""
+        top = self.usage.argmax(1).tolist()
+        return sum(self.labels[j] == t for j, t in zip(top, self.prompt_task, strict=True)) / len(top)
+
+    def part(self, name: str) -> SubModel:
+        """The part called ``name``."""
+        for p in self.parts:
+            if p.name == name:
+                return p
+        raise TLSubmodelsError(f"no part {name!r}; the parts are {[p.name for p in self.parts]}")
+
+    def to_frame(self) -> Any:
+        """One row per part: label, size, necessity on its task, largest accuracy drop elsewhere."""
+        import pandas as pd
+
+        rows = []
+        for p, lab, ev in zip(self.parts, self.labels, self.evaluations, strict=True):
+            drops = ev.accuracy_drop_elsewhere or {}
+            rows.append(
+                {
+                    "part": p.name,
+                    "label": lab,
+                    "size": len(p),
+                    "share_of_label_task": float(self.task_share[self.parts.index(p), self.task_names.index(lab)]),
+                    "necessity": ev.necessity,
+                    "accuracy_drop": ev.accuracy_full - ev.accuracy_ablated,
+                    "max_accuracy_drop_elsewhere": max(drops.values(), default=0.0),
+                    "components": " ".join(str(c) for c in sorted(p)),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def factorize(
+    model: Any,
+    tasks: Sequence[Task],
+    *,
+    k: int | None = None,
+    kinds: tuple[Kind, ...] | None = None,
+    scorer: Scorer = "patch",
+    ablation: Ablation = "mean",
+    reference: Reference | None = None,
+    k_max: int | None = None,
+    progress: bool = False,
+) -> Factorization:
+    """Candidate sub-models across ``tasks``: NMF of per-prompt effects, each factor validated by ablation.
+
+    Args:
+        model: a TransformerLens model in eval mode.
+        tasks: the behaviours (distinct names, the model's vocabulary); every prompt of every
+            task is a row of the effect matrix.
+        k: the number of sub-models; None chooses it by held-out cross-validation.
+        kinds: component kinds (default: heads, and neurons where the model has MLPs).
+        scorer: per-prompt effects by exact noising patching (``"patch"``) or attribution
+            (``"atp"``, ``"ig"``: one forward and backward, for big models).
+        ablation: how a part is ablated to choose its members and validate it.
+        reference: prompts for mean ablation (default: every task's corrupt prompts).
+        k_max: largest k tried when choosing it (default: 3 per task, at most 12).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`Factorization`: parts, labels, prompt x part usage, an evaluation per part.
+
+    Raises:
+        TLSubmodelsError: no tasks, tasks with equal names or another vocabulary, k out of range.
+
+    Example:
+        >>> model = tls.zoo.load("multitask-3l")  # doctest: +SKIP
+        >>> tasks = [tls.zoo.task("multitask-3l", t, n=64) for t in ("induction", "addition")]  # doctest: +SKIP
+        >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
+        >>> f.to_frame()  # doctest: +SKIP
+    """
+    tasks = list(tasks)
+    info = tlmodel.check_model(model, ())
+    _check_tasks(tasks, info.d_vocab)
+    if scorer not in ("patch", "atp", "ig"):
+        raise TLSubmodelsError(f"unknown scorer {scorer!r}: choose 'patch', 'atp' or 'ig'")
+    kinds = kinds or (("heads", "neurons") if info.has_mlps else ("heads",))
+    device = tlmodel.first_param_device(model)
+    tasks = [t.to(device) for t in tasks]
+
+    # 1. Per-prompt effects, normalised by each task's clean-corrupt gap so tasks are comparable.
+    rows, prompt_task, keys = [], [], []
+    # the columns: each kind's [layer, unit] tensor flattened, layer-major
+    components = [c for kind in kinds for c in info.components((kind,))]
+    for t in tqdm(tasks, desc="scoring tasks", disable=not progress):
+        if scorer == "patch":
+            s = patch(model, t, kinds=kinds, direction="noising", per_example=True)
+        else:
+            s = attribute(model, t, method=scorer, kinds=kinds, direction="noising", per_example=True)
+        assert s.per_example is not None
+        rows.append(torch.cat([s.per_example[kind].reshape(t.batch, -1) for kind in kinds], 1))
+        prompt_task += [t.name] * t.batch
+        keys += [zlib.crc32(t.name.encode() + bytes(str(r.tolist()), "ascii")) for r in t.clean.cpu()]
+    # Factorise the rows in a canonical order (by task name, then tokens), so that the order in
+    # which prompts and tasks come cannot change the result; report them in the caller's order.
+    tokens = [tuple(r.tolist()) for t in tasks for r in t.clean.cpu()]
+    canon = sorted(range(len(tokens)), key=lambda i: (prompt_task[i], tokens[i]))
+    back = torch.empty(len(canon), dtype=torch.long)
+    back[torch.tensor(canon)] = torch.arange(len(canon))
+    effects = torch.cat(rows).double()
+    data = effects.abs()[canon]
+    keys = [keys[i] for i in canon]
+    n_prompts, n_comp = data.shape
+
+    # 2. k: given, or chosen by held-out error.
+    k_errors: dict[int, float] = {}
+    if k is None:
+        k_hi = min(k_max or min(3 * len(tasks), 12), n_comp, n_prompts)
+        mask = _holdout_mask(keys, n_comp)
+        for cand in tqdm(range(1, k_hi + 1), desc="choosing k", disable=not progress):
+            w, h = nmf(data, cand, mask=mask)
+            hidden = ~mask
+            k_errors[cand] = float(((data - w @ h)[hidden] ** 2).sum() / (data[hidden] ** 2).sum().clamp_min(1e-30))
+        k = min(k_errors, key=lambda c: (k_errors[c], c))
+    elif not isinstance(k, int) or not 1 <= k <= min(n_comp, n_prompts):
+        raise TLSubmodelsError(
+            f"k={k!r} sub-models from {n_comp} components and {n_prompts} prompts: choose 1 <= k <= "
+            f"{min(n_comp, n_prompts)}, or k=None to choose it by cross-validation"
+        )
+    w, h = nmf(data, k)
+
+    w = w[back]  # back to the caller's prompt order
+    # 3. Usage, task shares, labels.
+    names = [t.name for t in tasks]
+    task_of = torch.tensor([names.index(n) for n in prompt_task])
+    scale = h.sum(1).clamp_min(1e-30)  # put the factors' size into W, so usage compares factors
+    w, h = w * scale, h / scale[:, None]
+    share = torch.stack([w[task_of == i].mean(0) for i in range(len(tasks))], 1)  # [k, task]
+    share = share / share.sum(1, keepdim=True).clamp_min(1e-30)
+    labels = [names[int(i)] for i in share.argmax(1)]
+    usage = w / w.sum(1, keepdim=True).clamp_min(1e-30)
+
+    # 4. Members by validation, then the evaluation of each part.
+    ref = reference if reference is not None else [t.corrupt for t in tasks]
+    ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
+    base_acc = [_accuracy(model, t, []) for t in tasks]
+    parts: list[SubModel] = []
+    for j in tqdm(range(k), desc="validating parts", disable=not progress):
+        members = _choose_members(model, tasks, ablator, h, j, components, share[j], base_acc)
+        name = labels[j] if labels.count(labels[j]) == 1 else f"{labels[j]}-{labels[: j + 1].count(labels[j])}"
+        parts.append(
+            SubModel(
+                components=members,
+                name=name,
+                description=f"factorize: factor {j} of {k} ({scorer} effects, NMF), {ablation}-ablation-validated; "
+                f"{float(share[j].max()):.0%} of its use is on {labels[j]!r}",
+            )
+        )
+    evaluations = []
+    for p, lab in zip(parts, labels, strict=True):
+        own = tasks[names.index(lab)]
+        evaluations.append(
+            evaluate(model, p, own, ablation=ablation, reference=ref, others=[t for t in tasks if t.name != lab])
+        )
+    return Factorization(
+        parts=parts,
+        labels=labels,
+        task_names=names,
+        task_share=share.float(),
+        usage=usage.float(),
+        prompt_task=prompt_task,
+        evaluations=evaluations,
+        effects=effects.float(),
+        components=components,
+        loadings=h.float(),
+        k_errors=k_errors,
+        ablation=ablation,
+        scorer=scorer,
+    )
+
+
+def _check_tasks(tasks: list[Task], d_vocab: int) -> None:
+    if not tasks:
+        raise TLSubmodelsError("no tasks given: pass a list of at least one Task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise TLSubmodelsError(f"tasks need distinct names (they label the sub-models); got {names}")
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise TLSubmodelsError(f"tasks must be Task objects, got {type(t).__name__}")
+        if t.d_vocab != d_vocab:
+            raise TLSubmodelsError(
+                f"task {t.name!r} was built for d_vocab={t.d_vocab}, but the model has d_vocab={d_vocab}: "
+                "build every task with this model (Task.from_tokens(model, ...) or tls.zoo.task)"
+            )
+
+
+def _accuracy(model: Any, task: Task, hooks: list) -> float:
+    return task.accuracy(tlmodel.run_logits(model, task.clean, hooks))
+
+
+def _choose_members(
+    model: Any,
+    tasks: list[Task],
+    ablator: Ablator,
+    loadings: Tensor,
+    j: int,
+    components: list[Component],
+    share: Tensor,
+    base_acc: list[float],
+) -> list[Component]:
+    """The member set of factor ``j`` whose ablation best separates the factor's tasks from the rest.
+
+    Two rankings of the components: by loading on factor ``j``, and by loading times the
+    fraction of the component's total loading that factor ``j`` holds (which ranks components
+    every factor loads on, the shared ones, lower). Candidate sets are each ranking's entries
+    above thresholds halving (by sqrt 2) from the top, down to 1/1024 of it. Objective: the
+    share-weighted accuracy lost on the tasks minus the largest loss on any task, weighted by how
+    little the factor is used there. The best candidate wins; fewer components on ties.
+    """
+    loading = loadings[j]
+    exclusive = loading * loading / loadings.sum(0).clamp_min(1e-30)
+    best: tuple[float, int, list[int]] = (float("-inf"), 0, [])
+    seen: set[frozenset[int]] = set()
+    for ranking in (loading, exclusive):
+        order = ranking.argsort(descending=True).tolist()
+        top = float(ranking[order[0]])
+        if top <= 0:
+            continue
+        for i in range(21):
+            n = int((ranking >= top * 2 ** (-i / 2)).sum())
+            members = frozenset(order[:n])
+            if members in seen:
+                continue
+            seen.add(members)
+            hooks = ablator.hooks([components[c] for c in members])
+            drops = torch.tensor([b - _accuracy(model, t, hooks) for t, b in zip(tasks, base_acc, strict=True)])
+            score = float((share * drops).sum() - ((1 - share) * drops).max())
+            if score > best[0] + 1e-9 or (abs(score - best[0]) <= 1e-9 and n < best[1]):
+                best = (score, n, order[:n])
+    return [components[c] for c in best[2]]
+
+
+def _holdout_mask(keys: list[int], n_cols: int) -> Tensor:
+    """True where an entry is used for fitting; each row's hidden entries are seeded by its content."""
+    rows = []
+    for key in keys:
+        gen = torch.Generator().manual_seed(key)
+        rows.append(torch.randint(0, HOLDOUT, (n_cols,), generator=gen) != 0)
+    return torch.stack(rows)
+
+
+def nmf(
+    data: Float[Tensor, "rows cols"], k: int, *, mask: Tensor | None = None, iters: int = NMF_ITERS
+) -> tuple[Float[Tensor, "rows k"], Float[Tensor, "k cols"]]:
+    """Non-negative ``data ~ W @ H`` (Frobenius loss, Lee-Seung multiplicative updates, NNDSVDa start).
+
+    ``mask`` (bool, same shape) restricts the loss to the entries marked True.
+
+    Example:
+        >>> w, h = nmf(torch.rand(20, 8), 2)
+        >>> (w @ h).shape
+        torch.Size([20, 8])
+    """
+    if (data < 0).any():
+        raise TLSubmodelsError("nmf needs a non-negative matrix")
+    x = data.double()
+    m = torch.ones_like(x) if mask is None else mask.double()
+    w, h = _nndsvda(x * m if mask is not None else x, k)
+    eps = 1e-12
+    mx = m * x
+    for _ in range(iters):
+        h *= (w.T @ mx) / (w.T @ (m * (w @ h)) + eps)
+        w *= (mx @ h.T) / ((m * (w @ h)) @ h.T + eps)
+    return w, h
+
+
+def _nndsvda(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """NNDSVD start (Boutsidis and Gallopoulos 2008), zeros filled with the data mean (the "a" variant)."""
+    u, s, vt = torch.linalg.svd(x, full_matrices=False)
+    w = torch.zeros(x.shape[0], k, dtype=x.dtype)
+    h = torch.zeros(k, x.shape[1], dtype=x.dtype)
+    for j in range(min(k, len(s))):
+        uj, vj = u[:, j], vt[j]
+        up, un, vp, vn = uj.clamp_min(0), (-uj).clamp_min(0), vj.clamp_min(0), (-vj).clamp_min(0)
+        pos, neg = up.norm() * vp.norm(), un.norm() * vn.norm()
+        a, b, size = (up, vp, pos) if pos >= neg else (un, vn, neg)
+        if size <= 0:
+            continue
+        scale = (s[j] * size).sqrt()
+        w[:, j] = scale * a / a.norm()
+        h[j] = scale * b / b.norm()
+    fill = x.mean()
+    w[w == 0], h[h == 0] = fill, fill
+    return w, h
+
+
+def atoms(circuits: Sequence[SubModel] | Mapping[str, SubModel]) -> list[SubModel]:
+    """The Venn decomposition of task circuits: for each combination, the components in exactly those.
+
+    Each atom is named by the circuits that share it (``"induction&successor"``); atoms are
+    ordered by how many circuits share them (most first), then by name. Empty atoms are left out.
+
+    Example:
+        >>> a = SubModel(components=["L0H0", "L1H1"], name="a")
+        >>> b = SubModel(components=["L0H0", "L2H3"], name="b")
+        >>> [(x.name, sorted(map(str, x))) for x in atoms([a, b])]
+        [('a&b', ['L0H0']), ('a', ['L1H1']), ('b', ['L2H3'])]
+    """
+    subs = list(circuits.values()) if isinstance(circuits, Mapping) else list(circuits)
+    if not subs:
+        raise TLSubmodelsError("atoms needs at least one circuit")
+    names = [s.name for s in subs]
+    if len(set(names)) != len(names):
+        raise TLSubmodelsError(f"circuits need distinct names (they name the atoms); got {names}")
+    groups: dict[tuple[str, ...], set[Component]] = {}
+    for c in set().union(*(s.components for s in subs)):
+        key = tuple(s.name for s in subs if c in s)
+        groups.setdefault(key, set()).add(parse_component(c))
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), "&".join(kv[0])))
+    return [
+        SubModel(components=comps, name="&".join(key), description=f"in exactly the circuits {list(key)}")
+        for key, comps in ordered
+    ]
