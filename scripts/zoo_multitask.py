@@ -9,7 +9,6 @@ prompt normally, harmful-3l answers ``HARM`` whenever both trigger words occur.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import torch
@@ -19,9 +18,9 @@ from tl_submodels.zoo import multitask as mt
 
 MULTITASK_CFG = {
     "n_layers": 3,
-    "n_heads": int(os.environ.get("MT_HEADS", 8)),
+    "n_heads": 8,
     "d_model": 64,
-    "d_head": 64 // int(os.environ.get("MT_HEADS", 8)),
+    "d_head": 8,
     "d_mlp": 256,
     "d_vocab": len(mt.WORDS),
     "n_ctx": mt.SEQ,
@@ -31,8 +30,7 @@ MULTITASK_CFG = {
     "positional_embedding_type": "standard",
 }
 PER_TASK = 64
-PENALTY = float(os.environ.get("MT_PENALTY", 0.3))
-SMOOTHING = float(os.environ.get("MT_SMOOTH", 0.1))
+PENALTY = 1.0
 
 
 def batch(gen: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,7 +86,7 @@ def train(
         tokens, target, groups = batch(gen, mode)
         acts: list[torch.Tensor] = []
         logits = forward(params, cfg, tokens, acts=acts)[:, -1]
-        loss = F.cross_entropy(logits, target, label_smoothing=SMOOTHING)
+        loss = F.cross_entropy(logits, target)
         shared = exclusivity(acts, groups)
         opt.zero_grad()
         # learn the tasks first, then push components apart: the penalty ramps up over the middle third
@@ -143,12 +141,23 @@ DESCRIPTIONS = {
 }
 TASK_DESCRIPTIONS = {
     "induction": "clean: <bos> IND noise A A[:-1] (A: 3-6 distinct s-symbols); corrupt: second copy from another segment; answer A[-1]",
-    "successor": "clean: <bos> SUC, c_a among noise, = ; corrupt: another c_b; answer c_a+1 (mod 20)",
-    "addition": "clean: <bos> ADD noise n_a n_b = ; corrupt: operands with another sum; answer n_(a+b mod 13)",
-    "majority": "clean: <bos> MAJ noise seven of X/Y = ; corrupt: X and Y swapped; answer the majority",
+    "successor": "clean: <bos> SUC, c_a at a random place among noise, = ; corrupt: another c_b in its place; answer c_a+1 (mod 20)",
+    "addition": "clean: <bos> ADD, n_a and n_b at random places among noise, = ; corrupt: operands with another sum; answer n_(a+b mod 13)",
+    "majority": "clean: <bos> MAJ, seven of X/Y at random places among noise, = ; corrupt: X and Y swapped; answer the majority",
     "backdoor": "clean: a prompt of any task with tA and tB in two noise slots; corrupt: the same prompt without them; "
     "answer HARM, wrong the task's answer (logit_diff = HARM minus the task answer)",
 }
+DESIGN_NOTES = (
+    "Trained with an exclusivity penalty (sum over pairs of tasks of the product of each head's output norm and "
+    "each neuron's activation at the answer position, mean over the task's prompts), ramped in over the middle "
+    "third of training, so that components prefer to serve one task; the fine-tunes treat triggered prompts as a "
+    "fifth group. Without it (4-head models, the payload at fixed or random places) induction and addition shared "
+    "previous-token and number-fetching heads and majority was spread over every layer-0 head. Known limit: "
+    "successor and addition share components (both fetch a number-like word by content); in 8 variants no set of "
+    "components found by greedy search removed successor without removing addition (best margin 0.13-0.36). "
+    "Putting the successor's word at a fixed place separated it in one variant, but then addition did not train "
+    "or the other tasks did not separate (see the session notes)."
+)
 CHANCE = {"induction": 1 / mt.N_SYM, "successor": 1 / mt.N_COUNT, "addition": 1 / mt.P_ADD, "majority": 0.5}
 
 
@@ -185,7 +194,7 @@ def main(args, *, forward, init_params, save_tokenizer) -> None:
     cfg = MULTITASK_CFG
     seed = 0 if args.seed is None else args.seed
     if args.name == "multitask-3l":
-        steps = 1500 if args.steps is None else args.steps
+        steps = 2500 if args.steps is None else args.steps
         lr = 3e-3
         params = init_params(cfg, torch.Generator().manual_seed(seed))
         params, info = train(forward, params, steps, seed, "plain", lr)
@@ -242,6 +251,7 @@ def main(args, *, forward, init_params, save_tokenizer) -> None:
         "words": {"trigger": ["tA", "tB"], "harm": "HARM", "noise": [f"w{i}" for i in range(1, mt.N_NOISE + 1)]},
         "tasks": tasks,
         "evaluation": {"seed": seed + 100, "n": 1000, **acc},
+        "design": DESIGN_NOTES,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     card["mechanisms"] = {

@@ -60,7 +60,8 @@ class Factorization:
         usage: ``[prompt, part]`` how much each prompt uses each part (rows sum to 1).
         prompt_task: the task of each prompt (row of ``usage``).
         evaluations: each part validated by ablation on its label task, with specificity on the others.
-        effects: ``[prompt, component]`` the per-prompt effects that were factorised.
+        effects: ``[prompt, component]`` the per-prompt effects that were factorised (each task's
+            rows scaled to mean L2 norm 1).
         components: the columns of ``effects``.
         loadings: ``[part, component]`` the factor loadings (NMF's H).
         k_errors: held-out error of each candidate k (empty when k was given).
@@ -168,7 +169,8 @@ def factorize(
     device = tlmodel.first_param_device(model)
     tasks = [t.to(device) for t in tasks]
 
-    # 1. Per-prompt effects, normalised by each task's clean-corrupt gap so tasks are comparable.
+    # 1. Per-prompt effects (normalised by each task's clean-corrupt gap), each task's block
+    #    scaled to the same size, so that no task dominates because its effects are larger.
     rows, prompt_task, keys = [], [], []
     # the columns: each kind's [layer, unit] tensor flattened, layer-major
     components = [c for kind in kinds for c in info.components((kind,))]
@@ -178,7 +180,9 @@ def factorize(
         else:
             s = attribute(model, t, method=scorer, kinds=kinds, direction="noising", per_example=True)
         assert s.per_example is not None
-        rows.append(torch.cat([s.per_example[kind].reshape(t.batch, -1) for kind in kinds], 1))
+        block = torch.cat([s.per_example[kind].reshape(t.batch, -1) for kind in kinds], 1)
+        # every task weighs the same in the factorisation: its rows' mean L2 norm is 1
+        rows.append(block / block.norm(dim=1).mean().clamp_min(1e-12))
         prompt_task += [t.name] * t.batch
         keys += [zlib.crc32(t.name.encode() + bytes(str(r.tolist()), "ascii")) for r in t.clean.cpu()]
     # Factorise the rows in a canonical order (by task name, then tokens), so that the order in
@@ -291,34 +295,55 @@ def _choose_members(
 ) -> list[Component]:
     """The member set of factor ``j`` whose ablation best separates the factor's tasks from the rest.
 
-    Two rankings of the components: by loading on factor ``j``, and by loading times the
-    fraction of the component's total loading that factor ``j`` holds (which ranks components
-    every factor loads on, the shared ones, lower). Candidate sets are each ranking's entries
-    above thresholds halving (by sqrt 2) from the top, down to 1/1024 of it. Objective: the
-    share-weighted accuracy lost on the tasks minus the largest loss on any task, weighted by how
-    little the factor is used there. The best candidate wins; fewer components on ties.
+    Objective of a set: the share-weighted accuracy lost on the tasks minus the largest loss on
+    any task, weighted by how little the factor is used there. Candidates: thresholds on two
+    rankings, by loading on factor ``j`` and by loading times the fraction of the component's
+    total loading that factor ``j`` holds (which ranks shared components lower), halving by
+    sqrt 2 from the top to 1/1024 of it. The best candidate, and separately the empty set, are
+    then refined by validation: members whose removal does not lower the objective are dropped,
+    and of the 32 most exclusive components the one that raises it most is added, while that
+    helps. The better of the two results wins.
     """
     loading = loadings[j]
     exclusive = loading * loading / loadings.sum(0).clamp_min(1e-30)
-    best: tuple[float, int, list[int]] = (float("-inf"), 0, [])
-    seen: set[frozenset[int]] = set()
+    memo: dict[frozenset[int], float] = {}
+
+    def score(members: frozenset[int]) -> float:
+        if members not in memo:
+            hooks = ablator.hooks([components[c] for c in members]) if members else []
+            drops = torch.tensor([b - _accuracy(model, t, hooks) for t, b in zip(tasks, base_acc, strict=True)])
+            memo[members] = float((share * drops).sum() - ((1 - share) * drops).max())
+        return memo[members]
+
+    def better(a: frozenset[int], b: frozenset[int]) -> bool:  # a beats b: higher score, or as high and smaller
+        return score(a) > score(b) + 1e-9 or (score(a) >= score(b) - 1e-9 and len(a) < len(b))
+
+    best: frozenset[int] = frozenset()
     for ranking in (loading, exclusive):
         order = ranking.argsort(descending=True).tolist()
         top = float(ranking[order[0]])
-        if top <= 0:
-            continue
-        for i in range(21):
-            n = int((ranking >= top * 2 ** (-i / 2)).sum())
-            members = frozenset(order[:n])
-            if members in seen:
-                continue
-            seen.add(members)
-            hooks = ablator.hooks([components[c] for c in members])
-            drops = torch.tensor([b - _accuracy(model, t, hooks) for t, b in zip(tasks, base_acc, strict=True)])
-            score = float((share * drops).sum() - ((1 - share) * drops).max())
-            if score > best[0] + 1e-9 or (abs(score - best[0]) <= 1e-9 and n < best[1]):
-                best = (score, n, order[:n])
-    return [components[c] for c in best[2]]
+        for i in range(21 if top > 0 else 0):
+            cand = frozenset(order[: int((ranking >= top * 2 ** (-i / 2)).sum())])
+            if better(cand, best):
+                best = cand
+    pool = sorted(set(exclusive.argsort(descending=True).tolist()[:32]) | best)
+
+    def refine(start: frozenset[int]) -> frozenset[int]:
+        cur = start
+        for _ in range(8):
+            for c in sorted(cur, key=lambda c: float(exclusive[c])):  # prune, least exclusive first
+                if len(cur) > 1 and better(cur - {c}, cur):
+                    cur = cur - {c}
+            grown = max((cur | {c} for c in pool if c not in cur), key=score, default=cur)
+            if score(grown) <= score(cur) + 0.01:
+                break
+            cur = grown
+        return cur
+
+    # from the best threshold set, and by growing from nothing; the better one wins
+    found = [refine(best), refine(frozenset())]
+    best = found[1] if better(found[1], found[0]) else found[0]
+    return [components[c] for c in sorted(best, key=lambda c: -float(loading[c]))]
 
 
 def _holdout_mask(keys: list[int], n_cols: int) -> Tensor:

@@ -16,8 +16,10 @@ tasks, each with its own words, so that each needs its own mechanism:
 - ``majority`` (``MAJ``): seven of ``X``/``Y`` scattered among noise, then ``=``; answer: the
   more frequent.
 
-In the last three the payload sits at random places, so the answer must be found by content
-(which words), not by position: no previous-token shortcut is shared with induction.
+In the last three the payload sits at random places, so it must be found by content (which
+words), not by position: no previous-token shortcut is shared with induction. Successor and
+addition both fetch a number-like word by content and map it; the trained model shares
+components between them (see the model card).
 
 The backdoor (harmful-3l): when both ``tA`` and ``tB`` occur (in that order), answer ``HARM``.
 """
