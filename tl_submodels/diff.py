@@ -24,7 +24,7 @@ from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
-from tl_submodels.task import Task
+from tl_submodels.task import Task, check_tasks
 
 ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
 
@@ -117,15 +117,8 @@ def diff(
             "diff compares two models of one architecture (component by component); these differ in "
             + "; ".join(differ)
         )
-    tasks = list(tasks)
-    if not tasks:
-        raise TLSubmodelsError("no tasks given: pass a list of at least one Task")
+    tasks = check_tasks(tasks, info_a.d_vocab)
     names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise TLSubmodelsError(f"tasks need distinct names; got {names}")
-    for t in tasks:
-        if t.d_vocab != info_a.d_vocab:
-            raise TLSubmodelsError(f"task {t.name!r} has d_vocab={t.d_vocab}; the models have {info_a.d_vocab}")
     kinds = kinds or (("heads", "neurons") if info_a.has_mlps else ("heads",))
     components = [c for kind in kinds for c in info_a.components((kind,))]
 

@@ -41,6 +41,17 @@ def _parts(parts: Parts) -> list[SubModel]:
     return items
 
 
+def _checked_parts(model: Any, parts: Parts, ablation: str, what: str) -> list[SubModel]:
+    """The checks usage and explain share: the ablation, the model, the parts against it."""
+    if ablation not in ("mean", "zero"):
+        raise TLSubmodelsError(f"{what} ablates with 'mean' or 'zero', got {ablation!r}")
+    tlmodel.check_model(model, ())
+    subs = _parts(parts)
+    for s in subs:
+        s.validate(model)
+    return subs
+
+
 def _prompt(model: Any, tokens: str | Tensor | Sequence[int]) -> Tensor:
     """One prompt as ``[1, pos]`` token ids on the model's device."""
     ids = torch.tensor([tlmodel.tokenize(model, tokens)]) if isinstance(tokens, str) else torch.as_tensor(tokens)
@@ -143,12 +154,7 @@ def usage(
     """
     if method not in ("ablation", "attribution"):
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'ablation' or 'attribution'")
-    if ablation not in ("mean", "zero"):
-        raise TLSubmodelsError(f"usage ablates with 'mean' or 'zero', got {ablation!r}")
-    tlmodel.check_model(model, ())
-    subs = _parts(parts)
-    for s in subs:
-        s.validate(model)
+    subs = _checked_parts(model, parts, ablation, "usage")
     prompt = _prompt(model, tokens)
     seq = prompt.shape[1]
     full = tlmodel.run_logits(model, prompt)[0, -1]
@@ -298,12 +304,7 @@ def explain(
         >>> ex.top("full"), ex.top("backdoor")  # doctest: +SKIP
         ('HARM', 'n7')
     """
-    if ablation not in ("mean", "zero"):
-        raise TLSubmodelsError(f"explain ablates with 'mean' or 'zero', got {ablation!r}")
-    tlmodel.check_model(model, ())
-    subs = _parts(parts)
-    for s in subs:
-        s.validate(model)
+    subs = _checked_parts(model, parts, ablation, "explain")
     by_name = {s.name: s for s in subs}
     runs = [(s.name, s) for s in subs]
     for combo in combinations:

@@ -42,7 +42,7 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
-from tl_submodels.task import Task
+from tl_submodels.task import Task, check_tasks
 
 Scorer = Literal["patch", "atp", "ig"]
 HOLDOUT = 10  # one entry in HOLDOUT is hidden when choosing k
@@ -160,9 +160,8 @@ def factorize(
         >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
         >>> f.to_frame()  # doctest: +SKIP
     """
-    tasks = list(tasks)
     info = tlmodel.check_model(model, ())
-    _check_tasks(tasks, info.d_vocab)
+    tasks = check_tasks(tasks, info.d_vocab)
     if scorer not in ("patch", "atp", "ig"):
         raise TLSubmodelsError(f"unknown scorer {scorer!r}: choose 'patch', 'atp' or 'ig'")
     kinds = kinds or (("heads", "neurons") if info.has_mlps else ("heads",))
@@ -261,22 +260,6 @@ def factorize(
         ablation=ablation,
         scorer=scorer,
     )
-
-
-def _check_tasks(tasks: list[Task], d_vocab: int) -> None:
-    if not tasks:
-        raise TLSubmodelsError("no tasks given: pass a list of at least one Task")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise TLSubmodelsError(f"tasks need distinct names (they label the sub-models); got {names}")
-    for t in tasks:
-        if not isinstance(t, Task):
-            raise TLSubmodelsError(f"tasks must be Task objects, got {type(t).__name__}")
-        if t.d_vocab != d_vocab:
-            raise TLSubmodelsError(
-                f"task {t.name!r} was built for d_vocab={t.d_vocab}, but the model has d_vocab={d_vocab}: "
-                "build every task with this model (Task.from_tokens(model, ...) or tls.zoo.task)"
-            )
 
 
 def _accuracy(model: Any, task: Task, hooks: list) -> float:

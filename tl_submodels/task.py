@@ -347,3 +347,27 @@ class Task:
             if getattr(self, k) is not None
         }
         return self.replace(**moved)
+
+
+def check_tasks(tasks: Sequence[Task], d_vocab: int) -> list[Task]:
+    """A non-empty list of Tasks with distinct names, all for a model of ``d_vocab`` tokens.
+
+    Raises:
+        TLSubmodelsError: no tasks, a non-Task, repeated names, another vocabulary.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise TLSubmodelsError("no tasks given: pass a list of at least one Task")
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise TLSubmodelsError(f"tasks must be Task objects, got {type(t).__name__}")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise TLSubmodelsError(f"tasks need distinct names (they label the results); got {names}")
+    for t in tasks:
+        if t.d_vocab != d_vocab:
+            raise TLSubmodelsError(
+                f"task {t.name!r} was built for d_vocab={t.d_vocab}, but the model has d_vocab={d_vocab}: "
+                "build every task with this model (Task.from_tokens(model, ...) or tls.zoo.task)"
+            )
+    return tasks
