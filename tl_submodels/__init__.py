@@ -9,7 +9,7 @@ Example:
     >>> result = tls.evaluate(model, circuit, task, ablation="mean")
 """
 
-from tl_submodels import zoo
+from tl_submodels import viz, zoo
 from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
@@ -62,5 +62,6 @@ __all__ = [
     "parse_component",
     "patch",
     "usage",
+    "viz",
     "zoo",
 ]

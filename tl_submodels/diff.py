@@ -57,6 +57,19 @@ class ModelDiff:
     validation: list[dict[str, dict[str, dict[str, float]]]]
     scores: list[float]
 
+    def plot(self) -> Any:
+        """The components whose effects differ most, per task (plotly); see :func:`tl_submodels.viz.diff_heatmap`.
+
+        Example:
+            >>> tls.diff(harmless, harmful, tasks).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.diff_heatmap(self)
+
+    def _repr_html_(self) -> str:
+        return str(self.to_frame().to_html())
+
     def to_frame(self) -> Any:
         """One row per part: task, size, accuracy change of its task in each model, largest change elsewhere."""
         import pandas as pd

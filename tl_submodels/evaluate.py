@@ -51,6 +51,22 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def plot(self) -> Any:
+        """Bars of faithfulness, necessity and accuracies (plotly); see :func:`tl_submodels.viz.evaluation_bars`.
+
+        Example:
+            >>> tls.evaluate(model, circuit, task).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.evaluation_bars(self)
+
+    def _repr_html_(self) -> str:
+        from tl_submodels import viz
+
+        rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.__dict__.items() if v is not None]
+        return viz.summary_html(f"Evaluation of {self.submodel} on {self.task} ({self.ablation} ablation)", rows)
+
 
 def evaluate(
     model: Any,

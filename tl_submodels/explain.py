@@ -113,6 +113,19 @@ class Usage:
         order = col.argsort(descending=True).tolist()
         return [(self.parts[i], float(col[i])) for i in order]
 
+    def plot(self) -> Any:
+        """A sub-model x position heat map of the contributions (plotly); see :func:`tl_submodels.viz.usage_positions`.
+
+        Example:
+            >>> tls.usage(model, parts, prompt, reference=ref).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.usage_positions(self)
+
+    def _repr_html_(self) -> str:
+        return str(self.to_frame().to_html())
+
     def to_frame(self) -> Any:
         """A pandas table: one row per part, one column per position (``"3:s4"``), and the total."""
         import pandas as pd
@@ -256,6 +269,19 @@ class Explanation:
             if r["ablated"] == name:
                 return r["top"][0][0]
         raise TLSubmodelsError(f"no run {name!r}; the runs are {[r['ablated'] for r in self.rows]}")
+
+    def plot(self) -> Any:
+        """The top prediction's probability in each run, with its KL (plotly); see :func:`tl_submodels.viz.explanation_bars`.
+
+        Example:
+            >>> tls.explain(model, prompt, parts, reference=ref).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.explanation_bars(self)
+
+    def _repr_html_(self) -> str:
+        return str(self.to_frame().to_html())
 
     def to_frame(self) -> Any:
         import pandas as pd

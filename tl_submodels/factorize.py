@@ -99,6 +99,19 @@ class Factorization:
                 return p
         raise TLSubmodelsError(f"no part {name!r}; the parts are {[p.name for p in self.parts]}")
 
+    def plot(self) -> Any:
+        """The prompt x sub-model usage heat map (plotly); see :func:`tl_submodels.viz.usage_heatmap`.
+
+        Example:
+            >>> tls.factorize(model, tasks).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.usage_heatmap(self)
+
+    def _repr_html_(self) -> str:
+        return str(self.to_frame().to_html())
+
     def to_frame(self) -> Any:
         """One row per part: label, size, necessity on its task, largest accuracy drop elsewhere."""
         import pandas as pd

@@ -123,6 +123,36 @@ class Scores:
                 )
         return pd.DataFrame(rows)
 
+    def plot(self, kind: Kind | None = None) -> Any:
+        """A plotly figure: the heads heat map, the MLP bars or the neuron strips (``kind``; default the first scored).
+
+        Example:
+            >>> tls.patch(model, task).plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        if kind is None:
+            return viz.plot_scores(self)
+        draw = {"heads": viz.scores_heatmap, "mlps": viz.mlp_bars, "neurons": viz.neuron_strips}
+        if kind not in draw:
+            raise TLSubmodelsError(f"kind must be one of {list(draw)}, got {kind!r}")
+        return draw[kind](self)
+
+    def _repr_html_(self) -> str:
+        from tl_submodels import viz
+
+        top = ", ".join(f"{c} {v:+.2f}" for c, v in self.top(5))
+        shapes = ", ".join(f"{k} {list(getattr(self, k).shape)}" for k in self.kinds)
+        return viz.summary_html(
+            f"Scores: {self.method} ({self.direction}) on {self.task}",
+            [
+                ("metric", f"{self.metric}: clean {self.clean_metric:.3f}, corrupt {self.corrupt_metric:.3f}"),
+                ("scored", shapes),
+                ("top", top),
+                ("picture", ".plot()"),
+            ],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             k: getattr(self, k)

@@ -56,6 +56,27 @@ class SubModel:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "description", description)
 
+    def plot(self) -> Any:
+        """This sub-model as a node-only circuit graph (plotly); see :func:`tl_submodels.viz.circuit_graph`.
+
+        Example:
+            >>> SubModel(components=["L0H1", "L1H2"], name="a").plot()  # doctest: +SKIP
+        """
+        from tl_submodels import viz
+
+        return viz.plot_submodel(self)
+
+    def _repr_html_(self) -> str:
+        from tl_submodels import viz
+
+        return viz.summary_html(
+            f"SubModel {self.name} ({len(self.components)} components)",
+            [
+                ("components", " ".join(str(c) for c in sorted(self.components)) or "(empty)"),
+                ("description", self.description or "-"),
+            ],
+        )
+
     # Set algebra -------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Component]:
