@@ -1,6 +1,6 @@
 # make demo: create .venv, install, run the main job on the bundled induction-2l model.
 # make test: create .venv (transformer-lens 4.x) and .venv-tl2 (transformer-lens 2.18), lint,
-#            type-check, and run the whole suite on both.
+#            type-check, install chromium for the report's browser test, and run the whole suite on both.
 # TORCH picks the torch build: the default is the CPU wheel; on a GPU machine use e.g.
 #   make test TORCH="torch>=2.2" TORCH_INDEX=https://download.pytorch.org/whl/cu124
 PYTHON ?= python3
@@ -13,7 +13,7 @@ TL2_EXTRA ?= "pyarrow<21" "datasets<5"
 PIP_FLAGS ?= -q --disable-pip-version-check
 INDEX_FLAG = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: demo test lint typecheck test-tl4 test-tl2 bench clean
+.PHONY: demo test lint typecheck browser test-tl4 test-tl2 bench clean
 
 .venv/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv .venv
@@ -46,7 +46,22 @@ test-tl4: .venv/.installed
 test-tl2: .venv-tl2/.installed
 	.venv-tl2/bin/python -m pytest tests
 
-test: lint typecheck test-tl4 test-tl2
+# The report's browser test needs Debian's chromium + chromedriver: installed here when missing and apt-get
+# is usable; otherwise that test is skipped and says why (pytest -ra lists it).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "browser test: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "browser test: installing Debian's chromium and chromium-driver"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "NOTE: apt-get could not install chromium: the report browser test will be skipped"; \
+	else \
+		echo "NOTE: no chromium and no root apt-get: the report browser test will be skipped"; \
+	fi
+
+test: lint typecheck browser test-tl4 test-tl2
 
 bench: .venv/.installed
 	.venv/bin/python scripts/bench_patching.py

@@ -22,6 +22,7 @@ from tl_submodels.explain import Explanation, Usage, explain, usage
 from tl_submodels.factorize import Factorization, atoms, factorize
 from tl_submodels.model import TL_LINE, ModelInfo, check_model
 from tl_submodels.patching import patch
+from tl_submodels.report import Report, report
 from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
@@ -41,6 +42,7 @@ __all__ = [
     "ModelDiff",
     "ModelInfo",
     "Neuron",
+    "Report",
     "Scores",
     "SubModel",
     "TLSubmodelsError",
@@ -61,6 +63,7 @@ __all__ = [
     "find_circuit",
     "parse_component",
     "patch",
+    "report",
     "usage",
     "viz",
     "zoo",

@@ -84,7 +84,9 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
                 hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",
             )
         )
-        fig.update_layout(xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+        fig.update_layout(
+            xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed", height=max(260, 120 + 50 * n_layers)
+        )
     else:  # [layer, pos, head]
         n_layers, n_pos, n_heads = heads.shape
         z = heads.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos)
@@ -147,7 +149,7 @@ def mlp_bars(scores: Any, *, title: str | None = None) -> go.Figure:
         >>> fig = tls.viz.mlp_bars(tls.patch(model, task, kinds=("mlps",)))  # doctest: +SKIP
     """
     mlps = _need(scores, "mlps")
-    fig = _figure(title or f"{scores.method} scores of the MLP layers on {scores.task}")
+    fig = _figure(title or f"{scores.method} scores of the MLP layers on {scores.task}", height=320)
     if mlps.ndim == 1:
         fig.add_trace(
             go.Bar(x=[f"MLP{i}" for i in range(len(mlps))], y=_np(mlps), hovertemplate="%{x}: %{y:.3f}<extra></extra>")

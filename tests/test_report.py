@@ -1,0 +1,136 @@
+"""The HTML report: its sections, its size, and that it renders in headless Chromium with the network off."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import tl_submodels as tls
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SECTIONS = ["card", "scores", "submodels", "usage", "attention", "graph", "about"]
+
+
+@pytest.fixture(scope="module")
+def induction_report(tmp_path_factory):
+    model = tls.zoo.load("induction-2l")
+    task = tls.zoo.task("induction-2l", "induction", n=32)
+    rep = tls.report(model, [task], card="induction-2l")
+    return rep, rep.save(tmp_path_factory.mktemp("report") / "induction-2l.html")
+
+
+@pytest.fixture(scope="module")
+def multitask_report(tmp_path_factory):
+    name = "multitask-3l"
+    model = tls.zoo.load(name)
+    tasks = [tls.zoo.task(name, t, n=32) for t in tls.zoo.info(name)["tasks"] if t != "backdoor"]
+    rep = tls.report(model, tasks, card=name)
+    return rep, rep.save(tmp_path_factory.mktemp("report") / f"{name}.html")
+
+
+def test_report_has_every_section_offline_and_small(induction_report, multitask_report):
+    for rep, path in (induction_report, multitask_report):
+        text = path.read_text(encoding="utf-8")
+        assert [k for k, _, _ in rep.sections] == SECTIONS
+        for key in SECTIONS:
+            assert f"data-section='{key}'" in text
+        assert path.stat().st_size < 15e6
+        # nothing is fetched: no script, module import or stylesheet from anywhere but this file (the inlined
+        # bundles mention URLs in strings, so look for the loading constructs)
+        for loader in ("<script src", 'from "http', "<link", "@import"):
+            assert loader not in text, loader
+        assert text.count("CircuitsVis.render(") >= 2  # usage tokens + at least one attention view
+
+
+def test_report_refuses_bad_input():
+    model = tls.zoo.load("induction-2l")
+    task = tls.zoo.task("induction-2l", "induction", n=8)
+    with pytest.raises(tls.TLSubmodelsError, match="'mean' or 'zero'"):
+        tls.report(model, [task], ablation="resample")  # type: ignore[arg-type]
+    with pytest.raises(tls.TLSubmodelsError, match="no tasks given"):
+        tls.report(model, [])
+    with pytest.raises(tls.TLSubmodelsError, match="MLP"):
+        tls.report(model, [task], parts=[tls.SubModel(components=["MLP0"], name="m")])
+
+
+def _browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip(
+            "Chromium/ChromeDriver not found: install Debian's chromium and chromium-driver "
+            "(`make browser` does it where apt-get works) to run the report browser test"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,2000",
+        # network off: every host resolves to nothing and every request goes to a dead proxy
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
+    )
+    return driver
+
+
+@pytest.mark.parametrize("which", ["induction_report", "multitask_report"])
+def test_report_renders_in_headless_chromium_with_network_off(which, request, tmp_path):
+    rep, path = request.getfixturevalue(which)
+    driver = _browser()
+    try:
+        driver.get(path.resolve().as_uri())
+        n_plots = sum(block.count('class="plotly-graph-div"') for _, _, block in rep.sections)
+        n_views = sum(block.count("CircuitsVis.render(") for _, _, block in rep.sections)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            drawn = driver.execute_script(
+                "return [document.querySelectorAll('.plotly-graph-div .main-svg').length > 0 ?"
+                " Array.from(document.querySelectorAll('.plotly-graph-div'))"
+                ".filter(d => d.querySelector('.main-svg')).length : 0,"
+                " Array.from(document.querySelectorAll('div[id^=circuits-vis-]'))"
+                ".filter(d => d.childElementCount > 0).length]"
+            )
+            if drawn == [n_plots, n_views]:
+                break
+            time.sleep(0.5)
+        assert n_plots >= 5 and n_views >= 2
+        assert drawn == [n_plots, n_views], f"rendered [plots, circuitsvis views] {drawn} of {[n_plots, n_views]}"
+        for key in SECTIONS:
+            assert driver.find_elements("css selector", f"section[data-section='{key}'] h2")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, f"console errors: {errors}"
+        requests = [
+            e["message"] for e in driver.get_log("performance") if '"Network.requestWillBeSent"' in e["message"]
+        ]
+        remote = [m for m in requests if '"url":"http' in m]
+        assert not remote, f"the report tried the network: {remote[:2]}"
+        shot = tmp_path / f"{path.stem}.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if which == "multitask_report" and os.environ.get("TLS_UPDATE_SCREENSHOT"):
+            dest = Path(__file__).resolve().parents[1] / "docs" / "report.png"
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copy(shot, dest)
+    finally:
+        driver.quit()
