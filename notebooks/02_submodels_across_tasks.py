@@ -1,0 +1,202 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Sub-models across tasks
+#
+# A circuit answers "which components does the model use for *this* task?". A model that does
+# several things raises a different question: which *parts* does it have, which prompts use
+# which part, and can one part be removed without the others? This notebook asks it of
+# `multitask-3l`, a 3-layer model (8 heads a layer, 256 GELU neurons a layer) from the zoo that
+# does four tasks:
+#
+# 1. `tls.factorize`: per-prompt patching effects of every head and neuron over all four tasks,
+#    factorised into sub-models, each validated by ablation;
+# 2. `tls.usage`: which sub-model a single prompt uses, position by position;
+# 3. `tls.explain`: the model's predictions on one prompt with each sub-model ablated.
+
+# %%
+import pandas as pd
+import torch
+
+import tl_submodels as tls
+
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.width", 200)
+
+# %% [markdown]
+# ## The model and its four tasks
+#
+# Every prompt is 16 tokens, `<bos> TASK` and then noise words `w1`-`w8` with the task's payload
+# scattered among them; the answer is read at the last position:
+#
+# * `IND` **induction**: a segment of symbols, then the segment again without its last symbol;
+# * `SUC` **successor**: one count word `c_a`; the answer is `c_(a+1)`;
+# * `ADD` **addition**: two numbers `n_a`, `n_b`; the answer is `n_((a+b) mod 13)`;
+# * `MAJ` **majority**: seven `X`/`Y`; the answer is the more frequent one.
+#
+# Each task's corrupt prompts change only the payload (another segment, other numbers, X and Y
+# swapped), so patching measures what carries the payload to the answer.
+
+# %%
+model = tls.zoo.load("multitask-3l")
+names = ["induction", "successor", "addition", "majority"]
+tasks = [tls.zoo.task("multitask-3l", name, n=32, seed=0, model=model) for name in names]
+
+
+def words(ids):
+    """Token ids -> the tokenizer's words."""
+    return model.tokenizer.convert_ids_to_tokens(torch.as_tensor(ids).tolist())
+
+
+with torch.no_grad():
+    accuracy = [t.accuracy(model(t.clean)) for t in tasks]
+pd.DataFrame(
+    {
+        "example prompt": [" ".join(words(t.clean[0])) for t in tasks],
+        "answer": [words(t.answer[:1])[0] for t in tasks],
+        "accuracy": accuracy,
+    },
+    index=names,
+)
+
+# %% [markdown]
+# ## 1. Factorise
+#
+# `tls.factorize` builds a matrix with one row per prompt (of every task) and one column per
+# head and neuron: the prompt's exact noising effect of that component, normalised by its task's
+# clean-corrupt gap. Non-negative matrix factorisation splits it into `k` factors (k chosen by
+# held-out error), and each factor's members are chosen by *ablating* candidate sets: the set
+# that removes the factor's own task while sparing the others wins. Each part is named by the
+# task whose prompts use it most. (32 prompts a task keep this to about half a minute on one
+# CPU thread; use more for real work.)
+
+# %%
+f = tls.factorize(model, tasks)
+f.to_frame()
+
+# %% [markdown]
+# How to read the table:
+#
+# * `share_of_label_task`: how much of the part's use comes from its label task's prompts;
+# * `necessity`: the fraction of the label task's logit difference lost when the part is
+#   mean-ablated, and `accuracy_drop` the accuracy lost;
+# * `max_accuracy_drop_elsewhere`: the most accuracy any *other* task loses when the part is
+#   ablated. A specific part has a large `accuracy_drop` and a small drop elsewhere.
+#
+# `f.k_errors` holds the held-out error of each candidate `k`, `f.loadings` the factor loadings
+# of every component and `f.effects` the matrix that was factorised, for your own analysis.
+
+# %% [markdown]
+# ### Which prompts use which part
+#
+# `f.usage` is prompt x part (rows sum to 1). Averaged over each task's prompts, a clean
+# separation is a diagonal; `f.purity` is the fraction of prompts whose most-used part carries
+# their own task's label.
+
+# %%
+usage_by_task = (
+    pd.DataFrame(f.usage.numpy(), columns=[p.name for p in f.parts])
+    .groupby(pd.Index(f.prompt_task, name="task"))
+    .mean()
+)
+usage_by_task.loc[names].round(2)
+
+# %%
+f.purity
+
+# %% [markdown]
+# ### Specificity
+#
+# Each part's evaluation also holds its necessity on every other task (`specificity`). Read a
+# row: the part's own task should be high and the rest near zero. The model card says where
+# this fails on this model: successor and addition share components (both fetch a number-like
+# word by content), so a part that removes one tends to hurt the other.
+
+# %%
+pd.DataFrame(
+    [{e.task: e.necessity, **(e.specificity or {})} for e in f.evaluations],
+    index=[p.name for p in f.parts],
+)[names].round(2)
+
+# %% [markdown]
+# Parts are ordinary `SubModel`s: set algebra works on them, and `tls.atoms` splits several of
+# them into the pieces shared by exactly which parts (the Venn diagram).
+
+# %%
+[(atom.name, sorted(str(c) for c in atom)) for atom in tls.atoms(f.parts)]
+
+# %% [markdown]
+# ## 2. Usage on one prompt
+#
+# `tls.usage(model, parts, prompt)` ablates each part at one position at a time and records how
+# much the logit of the model's prediction drops; the `total` column ablates the part at every
+# position. Mean ablation takes its means over the reference prompts: here every task's corrupt
+# prompts, so that no task's activations define "average".
+#
+# **What to look for:** on an induction prompt the induction part should matter most, at the
+# positions of the segment's tokens and at the last position where the answer is read.
+
+# %%
+reference = [t.corrupt for t in tasks]
+u = tls.usage(model, f, tasks[0].clean[0], reference=reference)
+u.to_frame().round(2)
+
+# %% [markdown]
+# The same for the first prompt of every task, ranked at the answer position (`position=-1`).
+# `method="attribution"` estimates the same numbers from one forward and backward pass instead
+# of one forward per part and position, which matters on big models. It is a linear estimate:
+# where the two disagree, trust the ablation.
+
+# %%
+rows = {}
+for t in tasks:
+    exact = tls.usage(model, f, t.clean[0], reference=reference)
+    fast = tls.usage(model, f, t.clean[0], reference=reference, method="attribution")
+    rows[t.name] = {
+        "prediction": exact.target,
+        "top part (ablation)": exact.ranking(position=-1)[0][0],
+        "top part (attribution)": fast.ranking(position=-1)[0][0],
+        "top part, all positions": exact.ranking()[0][0],
+    }
+pd.DataFrame(rows).T
+
+# %% [markdown]
+# ## 3. Explain one prediction
+#
+# `tls.explain` reruns a prompt with each part ablated and lists the top predictions side by
+# side, with how much probability the full model's top token lost (`moved`) and the KL
+# divergence from the full model. `combinations` adds runs with several parts ablated together.
+#
+# **What to look for:** ablating the addition part should move the prediction to another
+# number; ablating the other tasks' parts should leave it alone, except where the specificity
+# table showed a part to matter for addition too.
+
+# %%
+addition_prompt = tasks[names.index("addition")].clean[0]
+explanation = tls.explain(
+    model,
+    addition_prompt,
+    f,
+    reference=reference,
+    combinations=[("addition", "successor")] if {"addition", "successor"} <= {p.name for p in f.parts} else [],
+)
+explanation.to_frame()
+
+# %% [markdown]
+# ## Next
+#
+# `03_harmful_vs_harmless` compares two fine-tunes of this model, one of which learned a
+# backdoor, and finds the backdoor's sub-model with `tls.diff`.
