@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 import tl_submodels as tls
 from tl_submodels.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
+    # HF_HUB_OFFLINE: an unknown model name is tried on the hub; offline it fails at once instead of retrying
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "tl_submodels.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "tl_submodels.cli", *args], capture_output=True, text=True, timeout=600, env=env
     )
 
 
@@ -89,19 +95,95 @@ def test_jsonl_tasks(tmp_path, capsys):
 def test_bad_input_of_the_new_commands(tmp_path):
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text(
-        '{"clean": "ADD w1 n1 w2 w5 n2 w3 w1 w2 w2 w5 w6 w7 w8 =", "corrupt": "x", "answer": "n3", "wrong": "n4"}\n{oops\n'
+        '{"clean": "ADD w1 n1 w2 w5 n2 w3 w1 w2 w2 w5 w6 w7 w8 =", "corrupt": "ADD w1 n3 w2 w5 n2 w3 w1 w2 w2 w5 w6 w7 w8 =", "answer": "n3", "wrong": "n4"}\n{oops\n'
     )
     no_word = tmp_path / "noword.jsonl"
     no_word.write_text(json.dumps({"clean": "ADD n1 =", "corrupt": "ADD n2 =", "answer": "n99", "wrong": "n4"}) + "\n")
     part = tmp_path / "part.json"
     part.write_text(json.dumps({**tls.SubModel(components=["L0H0"], name="p").to_dict(), "components": ["L7H0"]}))
     cases = [
-        (("factorize", "--model", "nope", "--task", "addition"), "no zoo model"),
+        (("factorize", "--model", "nope", "--task", "addition"), "unknown model 'nope'"),
         (("factorize", "--model", "multitask-3l", "--task", str(bad_json)), "bad.jsonl:2"),
         (("factorize", "--model", "multitask-3l", "--task", str(no_word)), "n99"),
         (("explain", "--model", "multitask-3l", "--prompt", "ADD n1 n2 =", "--part", str(part),
           "--reference", "addition"), "L7H0"),
         (("diff", "--model-a", "induction-2l", "--model-b", "harmful-3l", "--task", "addition"), "architecture"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+def test_scores_command_matches_the_library(tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    args = ["scores", "--model", "induction-2l", "--task", "induction", "--n", "16", "--top", "3"]
+    assert main([*args, "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    model = tls.zoo.load("induction-2l")
+    want = tls.patch(model, tls.zoo.task("induction-2l", "induction", n=16))
+    assert [r["component"] for r in printed["top"]] == [str(c) for c, _ in want.top(3)]
+    saved = tls.Scores.from_dict(json.loads(out.read_text()))
+    assert saved.heads is not None and (saved.heads - want.heads).abs().max() < 1e-6
+    assert main(["scores", "--model", "multitask-3l", "--task", "addition", "--n", "8", "--method", "atp",
+                 "--kinds", "mlps", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["method"] == "atp"
+
+
+def test_report_command_writes_an_offline_report(tmp_path, capsys):
+    out = tmp_path / "r" / "report.html"
+    assert (
+        main(["report", "--model", "induction-2l", "--task", "induction", "--n", "16", "--out", str(out), "--json"])
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sections"] == ["card", "scores", "submodels", "usage", "attention", "graph", "about"]
+    assert out.stat().st_size == printed["bytes"] and "<script src" not in out.read_text()
+
+
+def test_a_checkpoint_folder_with_a_jsonl_task(tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    zoo = tls.zoo.ROOT / "induction-2l"
+    for f in ("config.json", "weights.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(zoo / f, folder / f)
+    task = tls.zoo.task("induction-2l", "induction", n=8)
+    model = tls.zoo.load("induction-2l")
+    words = lambda ids: " ".join(model.tokenizer.decode([int(i)]) for i in ids[1:])  # noqa: E731
+    rows = [
+        {"clean": words(c), "corrupt": words(k), "answer": model.tokenizer.decode([int(a)]),
+         "wrong": model.tokenizer.decode([int(w)])}
+        for c, k, a, w in zip(task.clean, task.corrupt, task.answer, task.wrong, strict=True)
+    ]  # fmt: skip
+    path = tmp_path / "induction.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["scores", "--model", str(folder), "--task", str(path), "--json", "--top", "8"]) == 0
+    from_folder = {r["component"]: r["score"] for r in json.loads(capsys.readouterr().out)["top"]}
+    want = tls.patch(model, task)
+    assert {str(c): v for c, v in want.top(8)} == pytest.approx(from_folder, abs=1e-5)
+
+
+def test_more_bad_input_exits_2_with_one_line(tmp_path):
+    missing_answer = tmp_path / "answer.jsonl"
+    ok = {
+        "clean": "ADD w1 n1 w2 w5 n2 w3 w1 w2 w2 w5 w6 w7 w8 =",
+        "corrupt": "ADD w1 n3 w2 w5 n2 w3 w1 w2 w2 w5 w6 w7 w8 =",
+    }
+    missing_answer.write_text(json.dumps({**ok, "answer": "n3", "wrong": "n4"}) + "\n"
+                              + json.dumps({**ok, "answer": "zebra", "wrong": "n4"}) + "\n")  # fmt: skip
+    junk_part = tmp_path / "junk.json"
+    junk_part.write_text(json.dumps({**tls.SubModel(components=["L0H0"], name="p").to_dict(), "components": ["XYZ"]}))
+    cases = [
+        (("scores", "--model", "multitask-3l", "--task", str(missing_answer)), "answer.jsonl:2: answer"),
+        (("report", "--model", "multitask-3l", "--task", "addition", "--part", str(junk_part), "--out",
+          str(tmp_path / "r.html")), "XYZ"),
+        (("scores", "--model", "induction-2l", "--task", "induction", "--method", "magic"), "invalid choice"),
+        (("scores", "--model", "induction-2l"), "required: --task"),
+        (("scores", "--model", str(tmp_path / "nothere"), "--task", "x"), "no checkpoint folder"),
+        (("scores", "--model", str(tmp_path), "--task", "x"), "not a checkpoint folder"),
+        (("report", "--model", "induction-2l", "--task", "induction", "--factorize", "--part", str(junk_part),
+          "--out", "x.html"), "not both"),
     ]  # fmt: skip
     for args, needle in cases:
         proc = run(*args)

@@ -9,26 +9,39 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tl_submodels.errors import TLSubmodelsError
 
+MODEL_HELP = (
+    "a zoo model name (`tl-submodels zoo list`), a checkpoint folder (config.json + weights.safetensors in "
+    "HookedTransformer layout [+ tokenizer.json]), or a HuggingFace model name (loaded through TransformerLens; "
+    "needs the hub or its local cache)"
+)
+TASK_HELP = "a task of the zoo model, or a JSONL file of {clean, corrupt, answer, wrong} rows (repeatable)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's exit convention: bad input is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tl-submodels: error: {message} (see `{self.prog} --help`)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tl-submodels", description="Find and validate the sub-models a TransformerLens model uses."
-    )
+    p = _Parser(prog="tl-submodels", description="Find and validate the sub-models a TransformerLens model uses.")
     sub = p.add_subparsers(dest="command", required=True)
 
     zoo = sub.add_parser("zoo", help="the bundled tiny trained models")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
-    zsub.add_parser("list", help="names of the zoo models")
+    zlist = zsub.add_parser("list", help="names of the zoo models")
+    zlist.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     zinfo = zsub.add_parser("info", help="a zoo model's card")
     zinfo.add_argument("name")
 
     d = sub.add_parser("discover", help="score components by exact patching and find a circuit for a task")
-    d.add_argument("--model", required=True, help="a zoo model name (see `tl-submodels zoo list`)")
-    d.add_argument("--task", required=True, help="a task of that zoo model")
+    d.add_argument("--model", required=True, help=MODEL_HELP)
+    d.add_argument("--task", required=True, help="a task of the zoo model, or a JSONL file of task rows")
     d.add_argument("--n", type=int, default=64, help="number of examples (default 64)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--target", type=float, default=0.9, help="faithfulness to reach (default 0.9)")
@@ -37,9 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="write the circuit as JSON here")
     d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
-    task_help = "a task of the zoo model, or a JSONL file of {clean, corrupt, answer, wrong} rows (repeatable)"
+    sc = sub.add_parser("scores", help="score every component for a task (exact patching or attribution)")
+    sc.add_argument("--model", required=True, help=MODEL_HELP)
+    sc.add_argument("--task", required=True, help="a task of the zoo model, or a JSONL file of task rows")
+    sc.add_argument("--method", default="patch", choices=["patch", "atp", "ig"], help="default: exact patching")
+    sc.add_argument("--kinds", default=None, help="comma-separated: heads,neurons,mlps (default: all the model has)")
+    sc.add_argument("--direction", default="denoising", choices=["denoising", "noising"])
+    sc.add_argument("--n", type=int, default=64, help="number of examples of a zoo task (default 64)")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--top", type=int, default=10, help="how many top components to print")
+    sc.add_argument("--out", type=Path, help="write all scores as JSON here (Scores.from_dict reads it)")
+    sc.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    task_help = TASK_HELP
     f = sub.add_parser("factorize", help="factor the components into sub-models across tasks (NMF, validated)")
-    f.add_argument("--model", required=True, help="a zoo model name (see `tl-submodels zoo list`)")
+    f.add_argument("--model", required=True, help=MODEL_HELP)
     f.add_argument("--task", required=True, action="append", help=task_help)
     f.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
     f.add_argument("--seed", type=int, default=0)
@@ -49,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
     e = sub.add_parser("explain", help="top predictions for a prompt with each sub-model ablated")
-    e.add_argument("--model", required=True, help="a zoo model name")
+    e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--prompt", required=True, help="the prompt text (the model's BOS is prepended)")
     e.add_argument("--part", required=True, action="append", type=Path, help="a sub-model JSON file (repeatable)")
     e.add_argument(
@@ -60,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
     df = sub.add_parser("diff", help="components and sub-models whose effects differ between two models")
-    df.add_argument("--model-a", required=True, help="a zoo model name")
-    df.add_argument("--model-b", required=True, help="a zoo model name of the same architecture")
+    df.add_argument("--model-a", required=True, help=MODEL_HELP)
+    df.add_argument("--model-b", required=True, help="the same, a model of the same architecture")
     df.add_argument(
         "--task", required=True, action="append", help="a task of model b's zoo card, or a JSONL file (repeatable)"
     )
@@ -69,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--seed", type=int, default=0)
     df.add_argument("--top", type=int, default=10, help="how many differing components to print")
     df.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    r = sub.add_parser("report", help="one offline HTML report: scores, sub-models, usage, attention, graph")
+    r.add_argument("--model", required=True, help=MODEL_HELP)
+    r.add_argument("--task", required=True, action="append", help=task_help)
+    r.add_argument("--part", action="append", type=Path, help="a sub-model JSON file (repeatable; default: see below)")
+    r.add_argument(
+        "--factorize", action="store_true", help="report tls.factorize's sub-models (default: one circuit per task)"
+    )
+    r.add_argument("--prompt", help="the prompt for usage and attention (default: the first task's first prompt)")
+    r.add_argument("--ablation", default="mean", choices=["mean", "zero"])
+    r.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    r.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return p
 
 
@@ -82,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "zoo":
             return _zoo(args)
-        command = {"discover": _discover, "factorize": _factorize, "explain": _explain, "diff": _diff}[args.command]
+        commands = {
+            "discover": _discover,
+            "scores": _scores,
+            "factorize": _factorize,
+            "explain": _explain,
+            "diff": _diff,
+            "report": _report,
+        }
+        command = commands[args.command]
         return command(args)
     except TLSubmodelsError as e:
         print(f"tl-submodels: error: {e}", file=sys.stderr)
@@ -96,7 +143,9 @@ def _zoo(args: argparse.Namespace) -> int:
     from tl_submodels import zoo
 
     if args.zoo_command == "list":
-        for name in zoo.list():
+        if args.json:
+            print(json.dumps(zoo.list()))
+        for name in [] if args.json else zoo.list():
             print(name)
     else:
         print(json.dumps(zoo.info(args.name), indent=2))
@@ -111,8 +160,8 @@ def _discover(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     with console.status(f"loading {args.model}"):
-        model = tls.zoo.load(args.model)
-        task = tls.zoo.task(args.model, args.task, n=args.n, seed=args.seed, model=model)
+        model = _load(args.model)
+        (task,) = _tasks(args.model, model, [args.task], args.n, args.seed)
     scores = tls.patch(model, task, progress=True)
     circuit = tls.find_circuit(model, task, target=args.target, ablation=args.ablation, scores=scores, progress=True)
     ev = tls.evaluate(model, circuit, task, ablation=args.ablation)
@@ -167,6 +216,11 @@ def _tasks(model_name: str, model: Any, specs: list[str], n: int, seed: int) -> 
         path = Path(spec)
         if spec.endswith(".jsonl") or path.is_file():
             out.append(_jsonl_task(model, path))
+        elif model_name not in tls.zoo.list():
+            raise TLSubmodelsError(
+                f"--task {spec!r}: zoo tasks belong to zoo models, and {model_name!r} is not one; "
+                "give a JSONL file of {clean, corrupt, answer, wrong} rows (schema in the README)"
+            )
         else:
             out.append(tls.zoo.task(model_name, spec, n=n, seed=seed, model=model))
     return out
@@ -174,6 +228,7 @@ def _tasks(model_name: str, model: Any, specs: list[str], n: int, seed: int) -> 
 
 def _jsonl_task(model: Any, path: Path) -> Any:
     import tl_submodels as tls
+    from tl_submodels import model as tlmodel
 
     if not path.is_file():
         raise TLSubmodelsError(f"task file {path} does not exist")
@@ -188,6 +243,14 @@ def _jsonl_task(model: Any, path: Path) -> Any:
         if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in rows):
             raise TLSubmodelsError(f"{path}:{i}: each line needs string fields clean, corrupt, answer, wrong")
         for k in rows:
+            try:  # the model's vocabulary, line by line, so that the error names the line
+                if k in ("answer", "wrong"):
+                    tlmodel.single_token(model, row[k])
+                else:
+                    tlmodel.tokenize(model, row[k])
+            except TLSubmodelsError as e:
+                raise TLSubmodelsError(f"{path}:{i}: {k}: {e}") from None
+        for k in rows:
             rows[k].append(row[k])
     if not rows["clean"]:
         raise TLSubmodelsError(f"{path}: no rows")
@@ -196,10 +259,10 @@ def _jsonl_task(model: Any, path: Path) -> Any:
     )
 
 
-def _load(name: str) -> Any:
-    import tl_submodels as tls
+def _load(spec: str) -> Any:
+    from tl_submodels.loading import load_model
 
-    return tls.zoo.load(name)
+    return load_model(spec)
 
 
 def _factorize(args: argparse.Namespace) -> int:
@@ -271,6 +334,62 @@ def _diff(args: argparse.Namespace) -> int:
         table.add_row(str(c), t, f"{v:+.3f}")
     console.print(table)
     console.print(d.to_frame().to_string(index=False) if d.parts else "no validated sub-model differs")
+    return 0
+
+
+def _scores(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import tl_submodels as tls
+
+    console = Console(stderr=args.json)
+    model = _load(args.model)
+    (task,) = _tasks(args.model, model, [args.task], args.n, args.seed)
+    kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if args.method == "patch":
+        scores = tls.patch(model, task, kinds=kinds, direction=args.direction, progress=True)
+    else:
+        scores = tls.attribute(model, task, method=args.method, kinds=kinds, direction=args.direction, progress=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(scores.to_dict()))
+    top = [{"component": str(c), "score": v} for c, v in scores.top(args.top)]
+    if args.json:
+        out = {"model": args.model, "task": task.name, "method": scores.method, "direction": scores.direction,
+               "clean_metric": scores.clean_metric, "corrupt_metric": scores.corrupt_metric, "top": top}  # fmt: skip
+        print(json.dumps(out, indent=2))
+        return 0
+    table = Table(title=f"top components: {args.model} / {task.name} ({scores.method}, {scores.direction})")
+    table.add_column("component")
+    table.add_column("score", justify="right")
+    for c, v in scores.top(args.top):
+        table.add_row(str(c), f"{v:+.3f}")
+    console.print(table)
+    console.print(f"clean metric {scores.clean_metric:.3f}, corrupt metric {scores.corrupt_metric:.3f}")
+    if args.out:
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import tl_submodels as tls
+
+    if args.part and args.factorize:
+        raise TLSubmodelsError("give --part files or --factorize, not both")
+    model = _load(args.model)
+    tasks = _tasks(args.model, model, args.task, args.n, args.seed)
+    parts: Any = [tls.SubModel.load(p) for p in args.part] if args.part else None
+    if args.factorize:
+        parts = tls.factorize(model, tasks, ablation=args.ablation, progress=True)
+    card = args.model if args.model in tls.zoo.list() else None
+    rep = tls.report(model, tasks, parts=parts, prompt=args.prompt, card=card, ablation=args.ablation, progress=True)
+    path = rep.save(args.out)
+    size = path.stat().st_size
+    if args.json:
+        print(json.dumps({"path": str(path), "bytes": size, "sections": [k for k, _, _ in rep.sections]}))
+    else:
+        print(f"wrote {path} ({size / 1e6:.1f} MB): open it in a browser, no network needed")
     return 0
 
 

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from tl_submodels import model as tlmodel
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 from tl_submodels.task import Task
 from tl_submodels.zoo import multitask
@@ -73,15 +71,9 @@ def load(name: str, *, device: str | None = None) -> Any:
     Example:
         >>> model = tls.zoo.load("induction-2l")  # doctest: +SKIP
     """
-    folder = _folder(name)
-    cfg = json.loads((folder / "config.json").read_text())
-    state = load_file(folder / "weights.safetensors")
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast
+    from tl_submodels.loading import load_checkpoint
 
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    return tlmodel.build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
+    return load_checkpoint(_folder(name), device=device)
 
 
 def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None) -> Task:
