@@ -20,6 +20,7 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.explain import Explanation, Usage, explain, usage
 from tl_submodels.factorize import Factorization, atoms, factorize
+from tl_submodels.loading import from_pretrained, load_checkpoint, load_model
 from tl_submodels.model import TL_LINE, ModelInfo, check_model
 from tl_submodels.patching import patch
 from tl_submodels.report import Report, report
@@ -61,6 +62,9 @@ __all__ = [
     "explain",
     "factorize",
     "find_circuit",
+    "from_pretrained",
+    "load_checkpoint",
+    "load_model",
     "parse_component",
     "patch",
     "report",
