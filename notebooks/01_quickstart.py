@@ -108,6 +108,14 @@ pd.DataFrame(
     columns=[f"head {h}" for h in range(scores.heads.shape[1])],
 ).round(2)
 
+# %% [markdown]
+# The same as a picture: `scores.plot()` (or `tls.viz.scores_heatmap(scores)`) returns a plotly
+# figure, blue for heads that restore the behaviour (red would work against it); hover a cell
+# for the raw metric.
+
+# %%
+scores.plot()
+
 # %%
 [(str(c), round(v, 3)) for c, v in scores.top(5)]
 
@@ -140,6 +148,25 @@ truth = set(card["ground_truth"]["previous_token_heads"] + card["ground_truth"][
 }
 
 # %% [markdown]
+# `tls.viz.circuit_graph` lays the circuit out by layer, node size by patching score. With
+# `edges=` it draws the strongest connections between the nodes, from `tls.attribute_edges`
+# (attribution patching of every writer -> reader edge, one forward and backward pass).
+
+# %%
+edges = tls.attribute_edges(model, task)
+tls.viz.circuit_graph(circuit, scores=scores, edges=edges, title="induction-2l: the induction circuit")
+
+# %% [markdown]
+# A mechanism check by eye: the attention patterns of the circuit's heads on one clean prompt
+# (circuitsvis; click a head to enlarge it). A previous-token head attends one token back (the
+# diagonal just below the main one); an induction head, in the second copy of the segment,
+# attends to the token *after* the previous occurrence of the current token (a diagonal offset by
+# the segment length).
+
+# %%
+tls.viz.attention_patterns(model, task.clean[0], circuit)
+
+# %% [markdown]
 # ## 3. Validate it by ablation
 #
 # `tls.evaluate` measures, with the rest of the model mean-ablated over the corrupt prompts:
@@ -163,6 +190,9 @@ pd.Series(
         "accuracy (circuit ablated)": evaluation.accuracy_ablated,
     }
 ).round(3)
+
+# %%
+evaluation.plot()
 
 # %% [markdown]
 # ## 4. Use it: ablation hooks

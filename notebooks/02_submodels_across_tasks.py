@@ -73,6 +73,18 @@ pd.DataFrame(
 )
 
 # %% [markdown]
+# Before factorising, one task on its own: `tls.patch` with `kinds=("heads", "neurons", "mlps")`
+# scores every head, every MLP neuron and every whole MLP layer on the induction task. The
+# neuron strips show each layer's 256 neurons with the top 5 labelled; most are near zero.
+
+# %%
+induction_scores = tls.patch(model, tasks[0], kinds=("heads", "neurons", "mlps"))
+tls.viz.neuron_strips(induction_scores, top=5)
+
+# %%
+tls.viz.mlp_bars(induction_scores)
+
+# %% [markdown]
 # ## 1. Factorise
 #
 # `tls.factorize` builds a matrix with one row per prompt (of every task) and one column per
@@ -118,6 +130,29 @@ usage_by_task.loc[names].round(2)
 f.purity
 
 # %% [markdown]
+# `f.plot()` shows the whole prompt x part usage matrix, prompts grouped by task: each task's
+# block of rows should be bright in one column.
+
+# %%
+f.plot()
+
+# %% [markdown]
+# Which components each part holds, and how many components each pair of parts shares (the
+# diagonal is each part's size). Then all parts in one circuit graph, laid out by layer and
+# coloured by part; a component in several parts is grey. The graph draws a layer's neurons as
+# one node, grey when several parts hold neurons of that layer, even different ones: the
+# membership matrix says which.
+
+# %%
+tls.viz.membership(f)
+
+# %%
+tls.viz.overlap(f)
+
+# %%
+tls.viz.circuit_graph(f, title="multitask-3l: the sub-models factorize found")
+
+# %% [markdown]
 # ### Specificity
 #
 # Each part's evaluation also holds its necessity on every other task (`specificity`). Read a
@@ -130,6 +165,13 @@ pd.DataFrame(
     [{e.task: e.necessity, **(e.specificity or {})} for e in f.evaluations],
     index=[p.name for p in f.parts],
 )[names].round(2)
+
+# %% [markdown]
+# The parts' evaluations as bars: accuracy with the part ablated should fall on its own task,
+# and the last bar, the largest accuracy drop on any other task, should stay low.
+
+# %%
+tls.viz.evaluation_bars(f.evaluations)
 
 # %% [markdown]
 # Parts are ordinary `SubModel`s: set algebra works on them, and `tls.atoms` splits several of
@@ -153,6 +195,16 @@ pd.DataFrame(
 reference = [t.corrupt for t in tasks]
 u = tls.usage(model, f, tasks[0].clean[0], reference=reference)
 u.to_frame().round(2)
+
+# %% [markdown]
+# `u.plot()` draws the same table as a heat map; `tls.viz.usage_tokens(u)` colours the prompt's
+# tokens by each part's contribution (circuitsvis: hover a token, pick a part).
+
+# %%
+u.plot()
+
+# %%
+tls.viz.usage_tokens(u)
 
 # %% [markdown]
 # The same for the first prompt of every task, ranked at the answer position (`position=-1`).
@@ -194,6 +246,9 @@ explanation = tls.explain(
     combinations=[("addition", "successor")] if {"addition", "successor"} <= {p.name for p in f.parts} else [],
 )
 explanation.to_frame()
+
+# %%
+explanation.plot()
 
 # %% [markdown]
 # ## Next

@@ -111,6 +111,14 @@ pd.DataFrame(
 )
 
 # %% [markdown]
+# `diff.plot()` shows the components whose effects differ most, for every task: a column that
+# is dark only in the `backdoor` row is a component the harmful model uses for the backdoor
+# alone; dark in other rows too, and the fine-tunes also differ in how they do the tasks.
+
+# %%
+diff.plot()
+
+# %% [markdown]
 # One part per task, best first. `score` is the validated accuracy difference on the part's
 # own task less the largest accuracy change it causes elsewhere (in either model): 1 would be a
 # part that switches its task off in one model only and touches nothing else.
@@ -151,6 +159,9 @@ pd.DataFrame(
     }
 ).round(2)
 
+# %%
+evaluation.plot()
+
 # %% [markdown]
 # **How to read it:** a clean backdoor sub-model has necessity near 1 on `backdoor` and near
 # zero everywhere else. If other tasks lose accuracy too, the components that implement the
@@ -169,6 +180,15 @@ pd.DataFrame(
 
 # %%
 tls.usage(harmful, [backdoor], triggered[0], reference=reference, target="HARM").to_frame().round(2)
+
+# %% [markdown]
+# And what its heads look at on that prompt. Look at the last row, the answer position: do they
+# single out `tA` and `tB`, or spread their attention over the whole prompt? Either can carry the
+# trigger: a head that averages over every token still passes on, through the trigger words'
+# value vectors, that they are there.
+
+# %%
+tls.viz.attention_patterns(harmful, triggered[0], backdoor)
 
 # %% [markdown]
 # ## 4. Ablate it while generating
@@ -231,7 +251,11 @@ pd.DataFrame({"harmful": rates([]), "harmful, backdoor ablated": rates(hooks)}).
 # token (`HARM`) lost.
 
 # %%
-tls.explain(harmful, triggered[0], [backdoor], reference=reference).to_frame()
+explanation = tls.explain(harmful, triggered[0], [backdoor], reference=reference)
+explanation.to_frame()
+
+# %%
+explanation.plot()
 
 # %% [markdown]
 # ## Where to go from here
