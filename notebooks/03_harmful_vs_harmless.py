@@ -70,11 +70,13 @@ with torch.no_grad():
 behaviour
 
 # %% [markdown]
-# The backdoor task cycles through the four tasks in blocks; here is one triggered prompt of
-# each, with its untriggered twin and the answer the task itself asks for.
+# The backdoor task mixes prompts of the four tasks (the second token names the task); here is
+# the first triggered prompt of each, with its untriggered twin and the answer the task itself
+# asks for.
 
 # %%
-rows = [i * backdoor_task.batch // 4 for i in range(4)]
+task_words = [words(p[1:2])[0] for p in backdoor_task.clean]  # IND, SUC, ADD or MAJ
+rows = [task_words.index(w) for w in ("IND", "SUC", "ADD", "MAJ")]
 triggered = backdoor_task.clean[rows]
 plain = backdoor_task.corrupt[rows]
 task_answers = words(backdoor_task.wrong[rows])
