@@ -18,7 +18,7 @@
 #
 # This notebook walks through the main loop of `tl_submodels` on `induction-2l`, a tiny
 # attention-only model from the package's zoo that was trained to continue repeated random
-# sequences. In about a minute on a laptop CPU it:
+# sequences. In a few seconds on a laptop CPU it:
 #
 # 1. scores every attention head by exact activation patching (`tls.patch`),
 # 2. finds the smallest set of heads that carries the behaviour (`tls.find_circuit`),
@@ -54,8 +54,8 @@ card = tls.zoo.info("induction-2l")
 # %% [markdown]
 # A `Task` holds clean and corrupt prompts of the same length and the answer the model should
 # give on the clean ones. Clean prompts are `<bos> A A[:-1]`, a random segment and then its
-# repetition without the last token; the answer is `A[-1]`. Corrupt prompts repeat a *different*
-# segment, so nothing can be copied. The default metric is the logit difference
+# repetition without the last token; the answer is `A[-1]`. Corrupt prompts follow `A` with a
+# *different* segment, so there is nothing to copy. The default metric is the logit difference
 # `answer - wrong` at the last position.
 
 # %%
@@ -226,8 +226,8 @@ pd.DataFrame(
 # %% [markdown]
 # The same hooks work as a context with `model.hooks(...)`, TransformerLens' own context manager,
 # which removes them on exit, also on error. Inside it anything runs ablated, generation
-# included. Here the model sees an 8-token segment repeated once and a bit, as in its training
-# data, and greedily continues it; with the circuit ablated it can no longer copy.
+# included. Here the model sees an 8-token segment and its first 3 tokens again (like its
+# training data) and greedily continues the repetition; with the circuit ablated it can no longer copy.
 # `tls.ablated(model, sub, ablation=...)` is a shortcut for the same context: below it
 # zero-ablates the previous-token head alone.
 

@@ -115,7 +115,7 @@ f.to_frame()
 # ### Which prompts use which part
 #
 # `f.usage` is prompt x part (rows sum to 1). Averaged over each task's prompts, a clean
-# separation is a diagonal; `f.purity` is the fraction of prompts whose most-used part carries
+# separation has one dominant part per task, a different one for each; `f.purity` is the fraction of prompts whose most-used part carries
 # their own task's label.
 
 # %%
