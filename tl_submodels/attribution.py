@@ -18,16 +18,17 @@ hook points, so the model's parameters, their ``requires_grad`` flags and ``.gra
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
+from tl_submodels.sweep import Sweep, distributed, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
 Method = Literal["atp", "ig"]
@@ -46,6 +47,7 @@ def attribute(
     max_memory_mb: float = 1024.0,
     per_example: bool = False,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> Scores:
     """Attribution scores for every component, in the Scores type of :func:`tl_submodels.patch`.
 
@@ -63,6 +65,13 @@ def attribute(
             groups (one forward and backward each) when all of them would not fit.
         per_example: also keep each prompt's estimated effect (``Scores.per_example``).
         progress: show a tqdm progress bar.
+        checkpoint: a file for partial results, written atomically after every forward and
+            backward; a rerun with the same arguments resumes and gives bit-identical scores.
+
+    Inside an initialised ``torch.distributed`` process group the examples are shared out over
+    the ranks (by default one chunk of ``ceil(batch / world_size)`` examples each) and every
+    rank returns the whole result; with the same ``batch_size`` it is bit-identical to one
+    process, with the default it can differ in the last float bits (other batch shapes).
 
     Returns:
         Scores whose ``raw_*`` are the estimated metric of each patched run.
@@ -105,40 +114,69 @@ def attribute(
     # the batch mean, so an example's own effect is batch x its delta . gradient.
     each: dict[str, Tensor] = {}
     site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
-    rows = max(1, batch_size or task.batch)
+    # Inside a process group the examples are shared out: by default each rank takes one chunk.
+    world = distributed()[1]
+    rows = max(1, batch_size or -(-task.batch // world))
+    key = None
+    if checkpoint is not None:
+        key = {
+            "fn": "attribute",
+            "method": method,
+            "model": fingerprint_model(model),
+            "task": fingerprint_task(task),
+            "kinds": list(kinds),
+            "per_position": per_position,
+            "direction": direction,
+            "steps": steps if method == "ig" else None,
+            "rows": rows,
+            "max_memory_mb": max_memory_mb,
+        }
     if method == "atp":
         chunks = [torch.arange(lo, min(lo + rows, task.batch)) for lo in range(0, task.batch, rows)]
         site_groups = _by_memory(names, base, rows, max_memory_mb)
-        bar = tqdm(total=len(chunks) * len(site_groups), desc=f"atp {task.name}", disable=not progress)
-        for group in site_groups:
-            parts: dict[str, list[Tensor]] = {n: [] for n in group}
-            for idx in chunks:
+        items: list[tuple[int, int]] = [(gi, ci) for gi in range(len(site_groups)) for ci in range(len(chunks))]
+        sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"atp {task.name}", progress=progress)
+        try:
+            for i in sweep.todo():
+                gi, ci = items[i]
+                group, idx = site_groups[gi], chunks[ci]
                 grads = _gradients(model, task, idx, base_tokens, {n: None for n in group})
-                for n in group:
-                    parts[n].append(reduce(site_kind[n], (source[n][idx] - base[n][idx]) * grads[n]).cpu())
-                bar.update(1)
-            each |= {n: torch.cat(p) * task.batch for n, p in parts.items()}
-        bar.close()
+                sweep.done(
+                    i, {n: reduce(site_kind[n], (source[n][idx] - base[n][idx]) * grads[n]).cpu() for n in group}
+                )
+            done = sweep.gather()
+        finally:
+            sweep.close()
+        for gi, group in enumerate(site_groups):
+            parts = [done[i] for i, (g, _) in enumerate(items) if g == gi]  # chunk order
+            each |= {n: torch.cat([p[n] for p in parts]) * task.batch for n in group}
     else:
         alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
         per_chunk = max(1, rows // task.batch) if batch_size else steps
-        bar = tqdm(total=len(names) * -(-steps // per_chunk), desc=f"ig {task.name}", disable=not progress)
-        for name in names:
-            total = None
-            delta = source[name] - base[name]
-            for lo in range(0, steps, per_chunk):
+        ig_items = [(name, lo) for name in names for lo in range(0, steps, per_chunk)]
+        sweep = Sweep(len(ig_items), key=key or {}, checkpoint=checkpoint, desc=f"ig {task.name}", progress=progress)
+        try:
+            for i in sweep.todo():
+                name, lo = ig_items[i]
+                delta = source[name] - base[name]
                 a = alphas[lo : lo + per_chunk].to(delta.device)
                 idx = torch.arange(task.batch).repeat(len(a))
                 scale = a.repeat_interleave(task.batch).view(-1, *[1] * (delta.ndim - 1))
                 grads = _gradients(
                     model, task, idx, base_tokens, {name: base[name][idx] + scale * delta[idx]}, copies=len(a)
                 )
-                g = grads[name].view(len(a), task.batch, *delta.shape[1:]).sum(0)
-                total = g if total is None else total + g
-                bar.update(1)
+                sweep.done(i, grads[name].view(len(a), task.batch, *delta.shape[1:]).sum(0).cpu())
+            done = sweep.gather()
+        finally:
+            sweep.close()
+        for name in names:
+            delta = source[name] - base[name]
+            total = None
+            for i, (n, _) in enumerate(ig_items):  # step-chunk order, as one process sums them
+                if n == name:
+                    total = done[i] if total is None else total + done[i]
             assert total is not None
-            each[name] = reduce(site_kind[name], delta * total / steps).cpu() * task.batch
-        bar.close()
+            each[name] = reduce(site_kind[name], delta * total.to(delta.device) / steps).cpu() * task.batch
 
     per_kind: dict[str, Tensor] = {
         kind: torch.stack([each[tlmodel.site_hook(kind, layer)] for layer in range(info.n_layers)], dim=1).detach()

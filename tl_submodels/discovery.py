@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator

@@ -27,12 +27,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
@@ -145,6 +146,7 @@ def factorize(
     reference: Reference | None = None,
     k_max: int | None = None,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> Factorization:
     """Candidate sub-models across ``tasks``: NMF of per-prompt effects, each factor validated by ablation.
 
@@ -160,6 +162,12 @@ def factorize(
         reference: prompts for mean ablation (default: every task's corrupt prompts).
         k_max: largest k tried when choosing it (default: 3 per task, at most 12).
         progress: show progress bars.
+        checkpoint: a folder for the scoring sweeps' checkpoints (one file per task, see
+            :func:`tl_submodels.patch`): an interrupted factorize resumes its scoring from them;
+            the factorisation and validation after it are rerun (they are deterministic).
+
+    Inside an initialised ``torch.distributed`` process group the scoring is shared out over
+    the ranks; every rank then factors and validates the same matrix and returns the same result.
 
     Returns:
         A :class:`Factorization`: parts, labels, prompt x part usage, an evaluation per part.
@@ -187,10 +195,11 @@ def factorize(
     # the columns: each kind's [layer, unit] tensor flattened, layer-major
     components = [c for kind in kinds for c in info.components((kind,))]
     for t in tqdm(tasks, desc="scoring tasks", disable=not progress):
+        ckpt = None if checkpoint is None else Path(checkpoint) / f"{scorer}-{t.name}.ckpt"
         if scorer == "patch":
-            s = patch(model, t, kinds=kinds, direction="noising", per_example=True)
+            s = patch(model, t, kinds=kinds, direction="noising", per_example=True, checkpoint=ckpt)
         else:
-            s = attribute(model, t, method=scorer, kinds=kinds, direction="noising", per_example=True)
+            s = attribute(model, t, method=scorer, kinds=kinds, direction="noising", per_example=True, checkpoint=ckpt)
         assert s.per_example is not None
         block = torch.cat([s.per_example[kind].reshape(t.batch, -1) for kind in kinds], 1)
         # every task weighs the same in the factorisation: its rows' mean L2 norm is 1

@@ -15,13 +15,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Component, Kind, parse_component
@@ -29,6 +29,7 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
 from tl_submodels.model import StandardWeights
 from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
+from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
 FAST_TOLERANCE = 1e-4
@@ -64,6 +65,7 @@ def patch(
     components: Iterable[Component | str] | None = None,
     per_example: bool = False,
     require_gap: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Scores:
     """Exact patching scores for every component of the given kinds.
 
@@ -87,6 +89,12 @@ def patch(
         require_gap: refuse a task whose clean and corrupt metrics are equal (nothing to
             normalise by). False scores it anyway: raw metrics as usual, normalised scores NaN
             (``tls.diff`` uses this for a model that lacks the behaviour).
+        checkpoint: a file to keep partial results in, written atomically after every forward; a
+            rerun with the same arguments resumes from it and gives bit-identical scores. One
+            written for other arguments, another model or package version is refused.
+
+    Inside an initialised ``torch.distributed`` process group the forwards are shared out over
+    the ranks and every rank returns the whole result (see :mod:`tl_submodels.sweep`).
 
     Returns:
         Scores with normalised effects and the raw metric of each patched run.
@@ -185,37 +193,52 @@ def patch(
     if batch_size is None and device.type == "cpu":
         rows_per_forward = min(rows_per_forward, CPU_ROWS)
     copies_per_forward = max(1, rows_per_forward // batch)
-    n_chunks = sum(-(-len(g.units) // copies_per_forward) for g in groups)
-    bar = tqdm(total=n_chunks, desc=f"patching {task.name}", disable=not progress, unit="forward")
+    items = [(g, lo, min(lo + copies_per_forward, len(g.units))) for g in groups for lo in range(0, len(g.units), copies_per_forward)]  # fmt: skip
+    key = None
+    if checkpoint is not None:
+        key = {
+            "fn": "patch",
+            "model": fingerprint_model(model),
+            "task": fingerprint_task(task),
+            "kinds": list(kinds),
+            "per_position": per_position,
+            "direction": direction,
+            "copies_per_forward": copies_per_forward,
+            "fast": runner is not None,
+            "components": None if components is None else sorted(str(c) for c in components),
+        }
+    sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"patching {task.name}", progress=progress,
+                  unit="forward")  # fmt: skip
     try:
-        for g in groups:
+        for i in sweep.todo():
+            g, lo, hi = items[i]
             site = tlmodel.site_hook(g.kind, g.layer)
-            for lo in range(0, len(g.units), copies_per_forward):
-                hi = min(lo + copies_per_forward, len(g.units))
-                with torch.no_grad():
-                    if runner is not None and weights is not None:
-                        # Start right after the patched site: its effect is a known change of the residual.
-                        delta = _site_delta(g, lo, hi, start, source[site] - base[site], weights)
-                        stage: Stage = "attn" if g.kind == "heads" else "mlp"
-                        after = (after_attn if g.kind == "heads" else tlmodel.hook_resid_post)(g.layer)
-                        resid = base[after][:, start:].repeat(hi - lo, 1, 1) + delta.to(base[after].device)
-                        final = runner.run(resid, g.layer, stage)
-                    else:
-                        patcher = _Patcher(g, lo, hi, batch, source[site], info.n_units(g.kind))
-                        resid = base[tlmodel.hook_resid_pre(g.layer)].repeat(hi - lo, 1, 1)
-                        logits = tlmodel.forward_from(
-                            model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)]
-                        )
-                        final = task.final_logits(logits)
-                each = task.per_example(final).view(hi - lo, batch).cpu()
-                for r, v in zip(range(lo, hi), each.mean(1).tolist(), strict=True):
-                    results[g.kind][g.out_index[r]] = v
-                    if per_example:
-                        index: tuple[Any, ...] = (slice(None), *g.out_index[r])
-                        examples[g.kind][index] = each[r - lo]
-                bar.update(1)
+            with torch.no_grad():
+                if runner is not None and weights is not None:
+                    # Start right after the patched site: its effect is a known change of the residual.
+                    delta = _site_delta(g, lo, hi, start, source[site] - base[site], weights)
+                    stage: Stage = "attn" if g.kind == "heads" else "mlp"
+                    after = (after_attn if g.kind == "heads" else tlmodel.hook_resid_post)(g.layer)
+                    resid = base[after][:, start:].repeat(hi - lo, 1, 1) + delta.to(base[after].device)
+                    final = runner.run(resid, g.layer, stage)
+                else:
+                    patcher = _Patcher(g, lo, hi, batch, source[site], info.n_units(g.kind))
+                    resid = base[tlmodel.hook_resid_pre(g.layer)].repeat(hi - lo, 1, 1)
+                    logits = tlmodel.forward_from(
+                        model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)]
+                    )
+                    final = task.final_logits(logits)
+            sweep.done(i, task.per_example(final).view(hi - lo, batch).cpu())
+        done = sweep.gather()
     finally:
-        bar.close()
+        sweep.close()
+    for i, (g, lo, hi) in enumerate(items):  # in item order: the same numbers however the work was spread
+        each = done[i]
+        for r, v in zip(range(lo, hi), each.mean(1).tolist(), strict=True):
+            results[g.kind][g.out_index[r]] = v
+            if per_example:
+                index: tuple[Any, ...] = (slice(None), *g.out_index[r])
+                examples[g.kind][index] = each[r - lo]
 
     raw = {k: results.get(k) for k in ("heads", "neurons", "mlps")}
 

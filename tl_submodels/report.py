@@ -26,7 +26,7 @@ import torch
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels import viz
