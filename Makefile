@@ -31,8 +31,8 @@ demo: .venv/.installed
 	.venv/bin/tl-submodels discover --model induction-2l --task induction --out out/induction-2l.circuit.json
 
 lint: .venv/.installed
-	.venv/bin/ruff check tl_submodels tests scripts
-	.venv/bin/ruff format --check tl_submodels tests scripts
+	.venv/bin/ruff check tl_submodels tests scripts notebooks
+	.venv/bin/ruff format --check tl_submodels tests scripts notebooks
 
 typecheck: .venv/.installed
 	.venv/bin/mypy tl_submodels
