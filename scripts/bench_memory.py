@@ -32,8 +32,9 @@ SWEEPS = ("patch", "atp")
 
 def probe(sweep: str, budget: float) -> dict:
     """In this (fresh) process: build the model, reset the RSS high-water mark, run one sweep."""
-    import tl_submodels as tls
     from bench_attribution import build_gpt2_shape, rss_mb
+
+    import tl_submodels as tls
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, task = build_gpt2_shape()
