@@ -221,6 +221,14 @@ def ablation_setups(draw: st.DrawFn) -> tuple[Any, torch.Tensor, dict[str, Any]]
     return model, toks, kw
 
 
+@st.composite
+def kinds_of(draw: st.DrawFn, info: tlmodel.ModelInfo, per_position: bool) -> tuple[str, ...]:
+    """A non-empty choice of the model's kinds (no neurons per position)."""
+    allowed = [k for k in info.kinds() if not (per_position and k == "neurons")]
+    chosen = draw(st.sets(st.sampled_from(allowed), min_size=1))
+    return tuple(k for k in allowed if k in chosen)
+
+
 def logits(model: Any, toks: torch.Tensor, hooks: list | None = None) -> torch.Tensor:
     return tlmodel.run_logits(model, toks, hooks or [])
 
@@ -309,16 +317,14 @@ def test_ablating_all_neurons_of_a_layer_is_ablating_its_mlp(setup, data):
 def test_patching_clean_into_clean_changes_nothing(key, data):
     model = build(key)
     task = data.draw(tasks(model, identical=True))
-    kinds = info_of(model).kinds()
     per_position = data.draw(st.booleans())
-    if per_position:
-        kinds = tuple(k for k in kinds if k != "neurons")
+    kinds = data.draw(kinds_of(info_of(model), per_position))
     kw = {
         "kinds": kinds,
         "per_position": per_position,
         "direction": data.draw(st.sampled_from(["denoising", "noising"])),
         "fast": data.draw(st.booleans()),
-        "batch_size": data.draw(st.none() | st.integers(8, 128)),
+        "batch_size": data.draw(st.none() | st.integers(16, 256)),
     }
     with torch.no_grad():
         base = float(task.metric(model(task.clean)))
@@ -359,6 +365,38 @@ def test_patching_every_head_and_mlp_from_clean_restores_the_metric(key, data):
     assume(abs(gap) > 1e-3)
     effect = (m - corrupt_m) / gap if direction == "denoising" else (clean_m - m) / gap
     assert math.isclose(effect, 1.0, abs_tol=tol / abs(gap))
+
+
+@PROPERTY
+@given(key=st.sampled_from(MODEL_KEYS), data=st.data())
+def test_patch_scores_equal_a_hand_patched_run(key, data):
+    """The raw score of a component is the metric of the base run with that component patched
+    from the source run by `tls.ablation_hooks(..., ablation="patch")` (two independent code paths)."""
+    model = build(key)
+    info = info_of(model)
+    task = data.draw(tasks(model))
+    assume(abs(gap_of(model, task)) > 1e-3)
+    per_position = data.draw(st.booleans())
+    picked = data.draw(st.lists(components(info, positions=False), min_size=1, max_size=3, unique=True))
+    if per_position:
+        picked = [c.at(data.draw(st.integers(0, task.seq_len - 1))) for c in picked if not isinstance(c, Neuron)]
+        assume(picked)
+    direction = data.draw(st.sampled_from(["denoising", "noising"]))
+    base, source = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
+    kinds = tuple(k for k in KINDS if any(c.kind == k for c in picked))
+    kw = {"kinds": kinds, "direction": direction, "fast": data.draw(st.booleans())}
+    if per_position:
+        scores = tls.patch(model, task, per_position=True, **kw)
+    else:
+        scores = tls.patch(model, task, components=picked, **kw)
+    for c in picked:
+        hooks = tls.ablation_hooks(model, [c], ablation="patch", reference=source)
+        expected = float(task.metric(logits(model, base, hooks)))
+        raw = getattr(scores, f"raw_{c.kind}")
+        index = (c.layer,) + ((c.pos,) if per_position else ()) + ((c.index,) if c.index is not None else ())
+        assert math.isclose(float(raw[index]), expected, abs_tol=1e-4 * scale(expected)), (str(c), float(raw[index]))
+        if not per_position:  # components= leaves the others unscored
+            assert int(raw.isnan().logical_not().sum()) <= len(picked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +611,7 @@ def test_patch_scores_do_not_depend_on_example_order(setup, data):
     model, task, perm = setup
     assume(abs(gap_of(model, task)) > 1e-3)
     per_position = data.draw(st.booleans())
-    kinds = tuple(k for k in info_of(model).kinds() if not (per_position and k == "neurons"))
+    kinds = data.draw(kinds_of(info_of(model), per_position))
     kw = {
         "kinds": kinds,
         "per_position": per_position,
@@ -581,8 +619,8 @@ def test_patch_scores_do_not_depend_on_example_order(setup, data):
         "fast": data.draw(st.booleans()),
         "per_example": True,
     }
-    scores = tls.patch(model, task, batch_size=data.draw(st.none() | st.integers(8, 128)), **kw)
-    permuted = tls.patch(model, task.subset(perm), batch_size=data.draw(st.none() | st.integers(8, 128)), **kw)
+    scores = tls.patch(model, task, batch_size=data.draw(st.none() | st.integers(16, 256)), **kw)
+    permuted = tls.patch(model, task.subset(perm), batch_size=data.draw(st.none() | st.integers(16, 256)), **kw)
     assert_permuted(scores, permuted, perm)
 
 
@@ -592,7 +630,7 @@ def test_attribution_scores_do_not_depend_on_example_order(setup, data):
     model, task, perm = setup
     assume(abs(gap_of(model, task)) > 1e-3)
     per_position = data.draw(st.booleans())
-    kinds = tuple(k for k in info_of(model).kinds() if not (per_position and k == "neurons"))
+    kinds = data.draw(kinds_of(info_of(model), per_position))
     kw = {
         "kinds": kinds,
         "per_position": per_position,
@@ -654,7 +692,7 @@ def test_attribution_is_exact_on_linear_models(key, data):
     model = build(key)
     task = data.draw(tasks(model, metrics=("logit_diff",)))
     per_position = data.draw(st.booleans())
-    kinds = tuple(k for k in info_of(model).kinds() if not (per_position and k == "neurons"))
+    kinds = data.draw(kinds_of(info_of(model), per_position))
     direction = data.draw(st.sampled_from(["denoising", "noising"]))
     method = data.draw(st.sampled_from(["atp", "ig"]))
     with model.hooks(fwd_hooks=linear_hooks(key)):
