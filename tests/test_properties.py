@@ -403,10 +403,6 @@ def test_patch_scores_equal_a_hand_patched_run(key, data):
 # SubModel: set algebra and JSON
 
 
-def comps_of(x: SubModel) -> frozenset:
-    return x.components
-
-
 algebra_submodels = submodels(ALGEBRA_INFO)
 
 
