@@ -38,6 +38,10 @@ beside one other 2-core process.
 
 Usage:
     .venv/bin/python scripts/bench_attribution.py
+    .venv/bin/python scripts/bench_attribution.py --only find_circuit   # line 3 alone
+
+With ``--only find_circuit`` the forward time that decides line 3's batch size is the best of
+``REPEATS`` no-grad forwards of the corrupt batch (line 1's ``forward_seconds``, measured alone).
 """
 
 from __future__ import annotations
@@ -445,7 +449,19 @@ def bench_find_circuit(emit: Emit, model: Any, fwd_s: float) -> None:
     )
 
 
-def main() -> int:
+def gpt2_forward_seconds() -> tuple[Any, float]:
+    """The GPT-2-shaped model and the best of ``REPEATS`` no-grad forwards of its batch (after a warm-up)."""
+    model, task = build_gpt2_shape()
+    times = []
+    with torch.no_grad():
+        for _ in range(REPEATS + 1):
+            t0 = time.perf_counter()
+            model(task.corrupt)
+            times.append(time.perf_counter() - t0)
+    return model, min(times[1:])
+
+
+def main(only: str | None = None) -> int:
     torch.manual_seed(0)
     common = {
         "threads": torch.get_num_threads(),
@@ -460,9 +476,17 @@ def main() -> int:
         load = round(os.getloadavg()[0], 2)  # other work on the machine skews every timing
         print(json.dumps({"bench": name, **rounded, **common, "load_avg_1m": load}), flush=True)
 
-    model, fwd_s = bench_atp_gpt2_shape(emit)
-    bench_atp_vs_tl4(emit)
-    bench_find_circuit(emit, model, fwd_s)
+    if only == "find_circuit":
+        model, fwd_s = gpt2_forward_seconds()
+        bench_find_circuit(emit, model, fwd_s)
+        log("done")
+        return 0
+    if only in (None, "atp_gpt2_shape", "atp_vs_tl4"):
+        model, fwd_s = bench_atp_gpt2_shape(emit) if only != "atp_vs_tl4" else (None, 0.0)
+        if only != "atp_gpt2_shape":
+            bench_atp_vs_tl4(emit)
+        if only is None:
+            bench_find_circuit(emit, model, fwd_s)
     log("done")
     return 0
 
@@ -470,5 +494,8 @@ def main() -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Benchmark tls.attribute on CPU.")
     parser.add_argument("--mem-probe", choices=("atp", "fwd_bwd"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", choices=("atp_gpt2_shape", "atp_vs_tl4", "find_circuit"), help="run one benchmark line only"
+    )
     args = parser.parse_args()
-    sys.exit(mem_probe(args.mem_probe) if args.mem_probe else main())
+    sys.exit(mem_probe(args.mem_probe) if args.mem_probe else main(args.only))
