@@ -7,6 +7,7 @@ import torch
 from conftest import MLP_CFG, hook_count, make_mlp_task
 
 import tl_submodels as tls
+from tl_submodels import discovery
 from tl_submodels import model as tlmodel
 
 
@@ -97,3 +98,83 @@ def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
     if which == "induction":
         truth = tls.zoo.info("induction-2l")["ground_truth"]
         assert set(truth["previous_token_heads"]) | set(truth["induction_heads"]) <= {str(c) for c in fast}
+
+
+def _forward_counter(model):
+    """Counts forwards that enter the first block and that reach the last one (module hooks, not hook points)."""
+    counts = {"started": 0, "full": 0}
+    handles = [
+        model.blocks[0].register_forward_hook(lambda *_: counts.__setitem__("started", counts["started"] + 1)),
+        model.blocks[-1].register_forward_hook(lambda *_: counts.__setitem__("full", counts["full"] + 1)),
+    ]
+    return counts, handles
+
+
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_keep_only_runs_stop_early_and_match_full_forwards(which, request):
+    model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
+    ablator = tls.Ablator(model, ablation="mean", reference=task.corrupt)
+    runs = discovery._KeepOnlyRuns(model, task, ablator)
+    assert runs.pre is not None  # the shortcut is on for these models
+    everything = tls.complement(model, [])
+    subsets = [everything[:1], everything[1:3], [everything[0], everything[-1]], everything[::2]]
+    counts, handles = _forward_counter(model)
+    try:
+        fast = [runs.metric(keep) for keep in subsets]
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        plain = [
+            float(task.metric(model.run_with_hooks(task.clean, fwd_hooks=ablator.hooks(keep, keep_only=True))))
+            for keep in subsets
+        ]
+    assert fast == pytest.approx(plain, abs=1e-4)
+    # Only the subsets that keep something in the last layer run it.
+    last = model.cfg.n_layers - 1
+    assert counts["full"] == sum(any(c.layer == last for c in keep) for keep in subsets) < len(subsets)
+
+
+@pytest.mark.parametrize("which", ["induction", "mlp"])
+def test_attribution_plus_exact_needs_fewer_full_forwards_and_patches_only_members(which, request, monkeypatch):
+    model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
+    target = 0.9 if which == "induction" else 0.8
+    patched = []
+    real_patch = discovery.patch
+    monkeypatch.setattr(discovery, "patch", lambda *a, **kw: patched.append(kw) or real_patch(*a, **kw))
+
+    def run(method, cache_mb):
+        monkeypatch.setattr(discovery, "RESID_CACHE_MB", cache_mb)
+        counts, handles = _forward_counter(model)
+        try:
+            circuit = tls.find_circuit(model, task, target=target, method=method)
+        finally:
+            for h in handles:
+                h.remove()
+        return circuit, counts
+
+    exact, _ = run("exact", discovery.RESID_CACHE_MB)
+    fast, fast_counts = run("attribution+exact", discovery.RESID_CACHE_MB)
+    slow, slow_counts = run("attribution+exact", 0.0)  # every keep-only run through every layer
+    assert set(fast) == set(slow)  # stopping early changes the cost, not the search
+    assert fast_counts["full"] < slow_counts["full"]
+    ev_exact, ev_fast = tls.evaluate(model, exact, task), tls.evaluate(model, fast, task)
+    assert ev_fast.faithfulness >= target and ev_exact.faithfulness >= target
+    # exact patches everything once; attribution+exact patches only members it grew, and on the
+    # induction model (heads only: few members) nothing at all.
+    assert patched[0].get("components") is None
+    assert all(kw["components"] is not None for kw in patched[1:])
+    if which == "induction":
+        assert len(patched) == 1
+
+
+def test_attribution_plus_exact_patches_only_its_members_when_many(induction_model, induction_task, monkeypatch):
+    monkeypatch.setattr(discovery, "EXACT_CONFIRM_MIN", 0)
+    patched = []
+    real_patch = discovery.patch
+    monkeypatch.setattr(discovery, "patch", lambda *a, **kw: patched.append(kw) or real_patch(*a, **kw))
+    circuit = tls.find_circuit(induction_model, induction_task, target=0.9, method="attribution+exact")
+    assert len(patched) == 1
+    members = set(patched[0]["components"])
+    assert set(circuit) <= members and len(members) < len(tls.complement(induction_model, []))
+    assert tls.evaluate(induction_model, circuit, induction_task).faithfulness >= 0.9

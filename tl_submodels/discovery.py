@@ -4,14 +4,22 @@
 reaches the target, then drops every member the target does not need. Faithfulness is always
 measured by ablation, so the ranking decides only how small the result is and how much work it
 takes: ``method="exact"`` ranks by exact patching of every component; ``"attribution+exact"``
-ranks by attribution patching (one forward and backward), grows on that ranking, then patches
-exactly only the members it grew and prunes them in the order of their exact effects.
+ranks by attribution patching (one forward and backward), grows on that ranking, and prunes
+what it grew. Where it grew more than ``EXACT_CONFIRM_MIN`` members it patches exactly only
+those, keeps the shortest prefix of them in the order of their exact effects that reaches the
+target (bisection) and prunes that; fewer it prunes directly, least attributed first (a patch
+call would cost more forwards than it could save).
+
+Keep-only runs stop after the highest layer they keep: the layers above are ablated whole, so
+what they add to the residual stream is the same in every run (see :class:`_KeepOnlyRuns`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
@@ -25,6 +33,13 @@ from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
 
 LINEAR_SCAN = 64
+# attribution+exact patches its grown members exactly (to order and bisect them) only when there
+# are more than this many: pruning k members costs k - 1 ablated forwards in any order, fewer
+# than one patch call (which runs the clean and corrupt batches and every member) for small k.
+EXACT_CONFIRM_MIN = 8
+# Memory for the residual streams of the all-ablated run that let keep-only runs stop early.
+RESID_CACHE_MB = 512.0
+FAST_TOLERANCE = 1e-4
 Method = Literal["exact", "attribution+exact"]
 
 
@@ -73,19 +88,18 @@ def find_circuit(
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'exact' or 'attribution+exact'")
     info = tlmodel.check_model(model, ())
     kinds = kinds or info.kinds()
+    own_scores = scores is None
     if scores is None:
         scorer = patch if method == "exact" else attribute
         scores = scorer(model, task, kinds=kinds, progress=progress)
     ranked = list(dict.fromkeys(c.without_pos() for c, _ in scores.top(10**9)))
     task = task.to(tlmodel.first_param_device(model))
     ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else task.corrupt)
-
-    def metric(keep: list[Component]) -> float:
-        hooks = ablator.hooks(keep, keep_only=True)
-        return float(task.metric(tlmodel.run_logits(model, task.clean, hooks)))
-
-    full = float(task.metric(tlmodel.run_logits(model, task.clean)))
-    nothing = metric([])
+    runs = _KeepOnlyRuns(model, task, ablator)
+    # attribute() ran the clean prompts unablated (the same forward, the same metric): reuse it.
+    computed = scores.method != "patch" and own_scores and scores.direction == "denoising"
+    full = scores.clean_metric if computed else float(task.metric(tlmodel.run_logits(model, task.clean)))
+    nothing = runs.nothing
     if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
         raise TLSubmodelsError(
             f"ablating every component leaves the metric at {full:.4g}; there is no behaviour to find a circuit for"
@@ -96,7 +110,7 @@ def find_circuit(
     def faith(keep: list[Component]) -> float:  # memoised: growing and pruning revisit sets
         key = frozenset(keep)
         if key not in seen:
-            seen[key] = (metric(keep) - nothing) / (full - nothing)
+            seen[key] = (runs.metric(keep) - nothing) / (full - nothing)
         return seen[key]
 
     members = _grow(ranked, faith, target)
@@ -105,10 +119,11 @@ def find_circuit(
             f"keeping all {len(ranked)} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
             "Rank more kinds (kinds=('heads', 'mlps')) or lower the target."
         )
-    if method == "attribution+exact" and scores.method != "patch":
-        # Confirm with exact patching of the members only: their exact effects order the pruning.
+    if method == "attribution+exact" and scores.method != "patch" and len(members) > EXACT_CONFIRM_MIN:
+        # Confirm with exact patching of the members only; in the order of their exact effects,
+        # the shortest prefix that reaches the target (bisection), and only that prefix is pruned.
         exact = patch(model, task, kinds=kinds, components=members, progress=progress)
-        members = [c for c, _ in exact.top(len(members))]
+        members = _shortest_reaching([c for c, _ in exact.top(len(members))], faith, target)
     # Prune: drop members the target does not need, least important first.
     for c in tqdm(list(reversed(members)), desc="pruning", disable=not progress):
         trial = [m for m in members if m != c]
@@ -137,3 +152,85 @@ def _grow(ranked: list[Component], faith: Any, target: float) -> list[Component]
             lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)
         k = hi
     return ranked[:k]
+
+
+def _shortest_reaching(ordered: list[Component], faith: Any, target: float) -> list[Component]:
+    """The shortest prefix of ``ordered`` (all of which reaches ``target``) that reaches it, by bisection."""
+    lo, hi = 0, len(ordered)  # the empty prefix has faithfulness 0; the whole one reaches the target
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if faith(ordered[:mid]) >= target else (mid, hi)
+    return ordered[:hi]
+
+
+class _KeepOnlyRuns:
+    """The metric of the task's clean prompts with only some components kept, the rest ablated.
+
+    A layer none of whose components is kept is ablated whole: its heads' ``z`` and its MLP output
+    are replaced by values that do not depend on the layer's input, so what it adds to the
+    residual stream is the same in every run. A keep-only run therefore needs the model only up
+    to the highest layer it keeps: it stops after that layer (``stop_at_layer``), adds what the
+    layers above added in the run that ablates everything, and unembeds. That shortcut is checked
+    against the model's own all-ablated forward; models where it differs, that cannot stop early,
+    carry other hooks, or whose cached residual streams would pass ``RESID_CACHE_MB`` run every
+    layer instead.
+    """
+
+    def __init__(self, model: Any, task: Task, ablator: Ablator) -> None:
+        self.model, self.task, self.ablator = model, task, ablator
+        self.n_layers = ablator.info.n_layers
+        everything = ablator.hooks([], keep_only=True)
+        n = self.n_layers
+        names = [tlmodel.hook_resid_pre(layer) for layer in range(n)] + [tlmodel.hook_resid_post(n - 1)]
+        mb = task.clean.numel() * int(getattr(model.cfg, "d_model", 0) or 0) * (n + 1) * 4 / 2**20
+        self.pre: list[Tensor] | None = None
+        self._to_top: dict[int, Tensor] = {}
+        usable = (
+            n > 1
+            and mb <= RESID_CACHE_MB
+            and not tlmodel.has_hooks(model)
+            and all(name in model.hook_dict for name in names)
+        )
+        if not usable:
+            logits = tlmodel.run_logits(model, task.clean, everything)
+        else:
+            saved: dict[str, Tensor] = {}
+
+            def saver(name: str) -> Any:
+                def save(act: Tensor, hook: Any = None) -> None:
+                    saved[name] = act.detach()
+
+                return save
+
+            logits = tlmodel.run_logits(model, task.clean, everything + [(name, saver(name)) for name in names])
+            self.pre, self.final = [saved[name] for name in names[:-1]], saved[names[-1]]
+            try:  # the shortcut from layer 0 on must give the logits the model just gave
+                short = self._stopped(everything, 0)
+                ok = short.shape == logits.shape and bool(
+                    (short - logits).abs().max() <= FAST_TOLERANCE * max(1.0, float(logits.abs().max()))
+                )
+            except (TypeError, ValueError, RuntimeError, AttributeError):
+                ok = False
+            if not ok:
+                self.pre = None
+        self.nothing = float(task.metric(logits))
+
+    def metric(self, keep: list[Component]) -> float:
+        """The task's metric with only ``keep`` kept."""
+        if not keep:
+            return self.nothing
+        hooks = self.ablator.hooks(keep, keep_only=True)
+        top = max(c.layer for c in keep)
+        if self.pre is None or top >= self.n_layers - 1:
+            return float(self.task.metric(tlmodel.run_logits(self.model, self.task.clean, hooks)))
+        return float(self.task.metric(self._stopped(hooks, top)))
+
+    def _stopped(self, hooks: list, top: int) -> Tensor:
+        """Logits of a run that stops after layer ``top``, the ablated layers above it added from the cache."""
+        assert self.pre is not None
+        with torch.no_grad():
+            resid = self.model.run_with_hooks(self.task.clean, fwd_hooks=hooks, stop_at_layer=top + 1)
+            if top not in self._to_top:
+                self._to_top[top] = self.final - self.pre[top + 1].to(self.final.device)
+            resid = resid.to(self.final.device) + self._to_top[top]
+            return self.model.unembed(self.model.ln_final(resid))
