@@ -7,6 +7,7 @@ import torch
 from conftest import assert_same_weights, hook_count, make_mlp_task, random_tl_state, weights_snapshot
 
 import tl_submodels as tls
+from tl_submodels import attribution
 from tl_submodels import model as tlmodel
 
 LINEAR_CFG = {
@@ -156,11 +157,22 @@ def test_per_example_and_memory_budget(mlp_model, mlp_task):
         perm = [5, 4, 3, 2, 1, 0]
         t = tls.attribute(mlp_model, mlp_task.subset(perm), method=method, kinds=kinds, per_example=True, steps=4)
         torch.testing.assert_close(t.per_example["neurons"], s.per_example["neurons"].flip(0), atol=1e-4, rtol=1e-5)
-    # a budget smaller than one site's gradients: one site per backward pass, same numbers
-    tight = tls.attribute(mlp_model, mlp_task, kinds=kinds, max_memory_mb=1e-6)
-    loose = tls.attribute(mlp_model, mlp_task, kinds=kinds)
+    loose = {m: tls.attribute(mlp_model, mlp_task, method=m, kinds=kinds, steps=4) for m in ("atp", "ig")}
+    # rows chosen by the caller and a budget smaller than one site's gradients: one site per backward pass
+    tight = tls.attribute(mlp_model, mlp_task, kinds=kinds, batch_size=1, max_memory_mb=1e-6)
+    # a budget that fits about two examples at once: the examples go in chunks (and "ig" one step per forward)
+    info, seq = tlmodel.model_info(mlp_model), mlp_task.seq_len
+    site = [attribution._site_mb(info, k, seq) for k in kinds]
+    two = 2.5 * (2 * info.n_layers * sum(site) + attribution._grad_row_mb(info, seq) + 2 * max(site))
+    plan = {m: attribution._plan(info, kinds, mlp_task, m, 4, None, two) for m in ("atp", "ig")}
+    assert plan["atp"][0] == 2 and plan["ig"][:2] == (2, 1), plan
+    chunked = {m: tls.attribute(mlp_model, mlp_task, method=m, kinds=kinds, steps=4, max_memory_mb=two) for m in plan}
     for kind in kinds:
-        torch.testing.assert_close(getattr(tight, kind), getattr(loose, kind), atol=1e-5, rtol=0)
+        torch.testing.assert_close(getattr(tight, kind), getattr(loose["atp"], kind), atol=1e-5, rtol=0)
+        for m in plan:
+            torch.testing.assert_close(getattr(chunked[m], kind), getattr(loose[m], kind), atol=1e-5, rtol=0)
+    with pytest.raises(tls.TLSubmodelsError, match="below what one example needs"):
+        tls.attribute(mlp_model, mlp_task, kinds=kinds, max_memory_mb=1e-6)
 
 
 def flags(model):

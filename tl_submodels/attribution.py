@@ -94,11 +94,7 @@ def attribute(
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     sites = [(kind, layer) for layer in range(info.n_layers) for kind in kinds]
     names = [tlmodel.site_hook(kind, layer) for kind, layer in sites]
-    base_logits, base = tlmodel.run_cache(model, base_tokens, names)
-    source_logits, source = tlmodel.run_cache(model, source_tokens, names)
-    base_value, source_value = float(task.metric(base_logits)), float(task.metric(source_logits))
-    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = metric_gap(task, clean_value, corrupt_value)
+    site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
 
     def reduce(kind: Kind, contribution: Tensor) -> Tensor:
         """delta * gradient of one site, [batch, pos, ...] -> the per-example score shape."""
@@ -110,13 +106,13 @@ def attribute(
         out = contribution.sum(-1)  # [batch, pos]
         return out if per_position else out.sum(1)
 
-    # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
-    # the batch mean, so an example's own effect is batch x its delta . gradient.
-    each: dict[str, Tensor] = {}
-    site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
-    # Inside a process group the examples are shared out: by default each rank takes one chunk.
+    # Examples in chunks (and for "ig" interpolation steps per forward) that fit the budget; inside a
+    # process group the chunks are shared out over the ranks (by default one chunk each).
     world = distributed()[1]
-    rows = max(1, batch_size or -(-task.batch // world))
+    examples, steps_per_forward, grads_mb = _plan(info, kinds, task, method, steps, batch_size, max_memory_mb)
+    if batch_size is None:
+        examples = min(examples, -(-task.batch // world))
+    chunks = [torch.arange(lo, min(lo + examples, task.batch)) for lo in range(0, task.batch, examples)]
     key = None
     if checkpoint is not None:
         key = {
@@ -128,55 +124,76 @@ def attribute(
             "per_position": per_position,
             "direction": direction,
             "steps": steps if method == "ig" else None,
-            "rows": rows,
-            "max_memory_mb": max_memory_mb,
+            "examples": examples,
+            "steps_per_forward": steps_per_forward,
+            "grads_mb": grads_mb,
         }
+    # The cached base and source runs of the chunk being worked on (one chunk's at a time).
+    cache: dict[str, Any] = {"chunk": None}
+
+    def runs_of(ci: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Base and source activations of chunk ``ci`` and the per-example metric of both runs."""
+        if cache["chunk"] != ci:
+            cache.clear()
+            sub = task.subset(chunks[ci])
+            b_logits, b = tlmodel.run_cache(model, base_tokens[chunks[ci]], names)
+            s_logits, s = tlmodel.run_cache(model, source_tokens[chunks[ci]], names)
+            metrics = {"base": sub.per_example(sub.final_logits(b_logits)).cpu(),
+                       "source": sub.per_example(sub.final_logits(s_logits)).cpu()}  # fmt: skip
+            cache.update(chunk=ci, runs=(b, s, metrics))
+        return cache["runs"]
+
+    # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
+    # the batch mean, so an example's own effect is batch x its delta . gradient.
+    each: dict[str, Tensor] = {}
     if method == "atp":
-        chunks = [torch.arange(lo, min(lo + rows, task.batch)) for lo in range(0, task.batch, rows)]
-        site_groups = _by_memory(names, base, rows, max_memory_mb)
-        items: list[tuple[int, int]] = [(gi, ci) for gi in range(len(site_groups)) for ci in range(len(chunks))]
-        sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"atp {task.name}", progress=progress)
-        try:
-            for i in sweep.todo():
-                gi, ci = items[i]
-                group, idx = site_groups[gi], chunks[ci]
-                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group})
-                sweep.done(
-                    i, {n: reduce(site_kind[n], (source[n][idx] - base[n][idx]) * grads[n]).cpu() for n in group}
-                )
-            done = sweep.gather()
-        finally:
-            sweep.close()
-        for gi, group in enumerate(site_groups):
-            parts = [done[i] for i, (g, _) in enumerate(items) if g == gi]  # chunk order
-            each |= {n: torch.cat([p[n] for p in parts]) * task.batch for n in group}
+        site_groups = _by_memory(site_kind, info, task.seq_len, len(chunks[0]), grads_mb)
+        items: list[tuple[int, Any]] = [(ci, gi) for ci in range(len(chunks)) for gi in range(len(site_groups))]
     else:
         alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-        per_chunk = max(1, rows // task.batch) if batch_size else steps
-        ig_items = [(name, lo) for name in names for lo in range(0, steps, per_chunk)]
-        sweep = Sweep(len(ig_items), key=key or {}, checkpoint=checkpoint, desc=f"ig {task.name}", progress=progress)
-        try:
-            for i in sweep.todo():
-                name, lo = ig_items[i]
+        items = [(ci, (n, lo)) for ci in range(len(chunks)) for n in names for lo in range(0, steps, steps_per_forward)]
+    first_of = {ci: min(i for i, (c, _) in enumerate(items) if c == ci) for ci in range(len(chunks))}
+    sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"{method} {task.name}", progress=progress)
+    try:
+        for i in sweep.todo():
+            ci, what = items[i]
+            idx = chunks[ci]
+            base, source, metrics = runs_of(ci)
+            result: dict[str, Any]
+            if method == "atp":
+                group = site_groups[what]
+                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group})
+                result = {n: reduce(site_kind[n], (source[n] - base[n]) * grads[n]).cpu() for n in group}
+            else:
+                name, lo = what
                 delta = source[name] - base[name]
-                a = alphas[lo : lo + per_chunk].to(delta.device)
-                idx = torch.arange(task.batch).repeat(len(a))
-                scale = a.repeat_interleave(task.batch).view(-1, *[1] * (delta.ndim - 1))
-                grads = _gradients(
-                    model, task, idx, base_tokens, {name: base[name][idx] + scale * delta[idx]}, copies=len(a)
-                )
-                sweep.done(i, grads[name].view(len(a), task.batch, *delta.shape[1:]).sum(0).cpu())
-            done = sweep.gather()
-        finally:
-            sweep.close()
-        for name in names:
-            delta = source[name] - base[name]
-            total = None
-            for i, (n, _) in enumerate(ig_items):  # step-chunk order, as one process sums them
-                if n == name:
-                    total = done[i] if total is None else total + done[i]
-            assert total is not None
-            each[name] = reduce(site_kind[name], delta * total.to(delta.device) / steps).cpu() * task.batch
+                a = alphas[lo : lo + steps_per_forward].to(delta.device)
+                local = torch.arange(len(idx)).repeat(len(a))
+                scale = a.repeat_interleave(len(idx)).view(-1, *[1] * (delta.ndim - 1))
+                value = base[name][local] + scale * delta[local]
+                grads = _gradients(model, task, idx.repeat(len(a)), base_tokens, {name: value}, copies=len(a))
+                total = grads[name].view(len(a), len(idx), *delta.shape[1:]).sum(0)
+                result = {name: reduce(site_kind[name], delta * total).cpu()}
+            if i == first_of[ci]:  # a chunk's first item keeps the chunk's metrics
+                result["metrics"] = metrics
+            sweep.done(i, result)
+        done = sweep.gather()
+    finally:
+        cache.clear()
+        sweep.close()
+    # Put together in item order: the same numbers however the work was spread over ranks or resumed.
+    per_chunk: list[dict[str, Tensor]] = [{} for _ in chunks]
+    for i, (ci, _) in enumerate(items):
+        for n, t in done[i].items():
+            if n != "metrics":
+                per_chunk[ci][n] = t if n not in per_chunk[ci] else per_chunk[ci][n] + t
+    scale_by = task.batch / (steps if method == "ig" else 1)
+    each = {n: torch.cat([c[n] for c in per_chunk]) * scale_by for n in names}
+    firsts = [done[first_of[ci]]["metrics"] for ci in range(len(chunks))]
+    base_value = float(torch.cat([m["base"] for m in firsts]).mean())
+    source_value = float(torch.cat([m["source"] for m in firsts]).mean())
+    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
+    gap = metric_gap(task, clean_value, corrupt_value)
 
     per_kind: dict[str, Tensor] = {
         kind: torch.stack([each[tlmodel.site_hook(kind, layer)] for layer in range(info.n_layers)], dim=1).detach()
@@ -195,13 +212,76 @@ def attribute(
     )  # fmt: skip
 
 
-def _by_memory(names: list[str], acts: dict[str, Tensor], rows: int, max_memory_mb: float) -> list[list[str]]:
-    """Sites in groups whose gradients for ``rows`` examples fit the budget (one site at least)."""
+def _site_mb(info: tlmodel.ModelInfo, kind: Kind, seq: int) -> float:
+    """Memory of one example's activation at one site (``hook_z``, ``mlp.hook_post``, ``hook_mlp_out``), in MB."""
+    width = {"heads": info.n_heads * info.d_head, "neurons": info.d_mlp or 0, "mlps": info.d_model}[kind]
+    return 4 * seq * width / 2**20
+
+
+def _grad_row_mb(info: tlmodel.ModelInfo, seq: int) -> float:
+    """Memory one row of a forward and backward holds: every layer's saved activations and the logits, in MB."""
+    per_layer = 8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * seq + 3 * (info.d_mlp or 0)
+    # TL 2's HookedTransformer (hand-written LayerNorm, GELU and attention masking) keeps about twice as much
+    # for the backward pass as TL 4's bridge (measured by scripts/bench_memory.py).
+    per_layer *= 2 if tlmodel.TL_LINE == 2 else 1
+    return 4 * seq * (info.n_layers * per_layer + 2 * info.d_vocab) / 2**20
+
+
+def _plan(
+    info: tlmodel.ModelInfo,
+    kinds: tuple[Kind, ...],
+    task: Task,
+    method: Method,
+    steps: int,
+    batch_size: int | None,
+    max_memory_mb: float,
+) -> tuple[int, int, float]:
+    """Examples per chunk, interpolation steps per forward ("ig") and the budget for the gradients held at once.
+
+    Given ``batch_size`` (rows per forward), the caller chose the chunks and ``max_memory_mb`` bounds the
+    gradients only. Otherwise a chunk's cached runs, its forward and backward and its gradients fit the budget.
+    """
+    seq, batch = task.seq_len, task.batch
+    if batch_size is not None:
+        if method == "atp":
+            return batch_size, 1, max_memory_mb
+        return batch, max(1, min(steps, batch_size // batch)), max_memory_mb
+    site = {k: info.n_layers * _site_mb(info, k, seq) for k in kinds}
+    cached = 2 * sum(site.values())  # an example's base and source activations at every site
+    row = _grad_row_mb(info, seq)
+    if method == "atp":
+        # per example: its cached runs, its forward and backward, and (at least) the largest site's gradient
+        # and delta x gradient
+        fit = int(max_memory_mb // (cached + row + 2 * max(site.values()) / info.n_layers))
+        if fit >= 1:
+            examples = min(batch, fit)
+            return examples, 1, max(max_memory_mb - examples * (cached + row), 0.0) / 2
+    else:
+        biggest = max(site.values()) / info.n_layers
+
+        def ig_need(s: int) -> float:  # per example, s steps per forward: its cache, s rows and their site values
+            return cached + s * (row + 3 * biggest)
+
+        fit_steps = max((s for s in range(1, steps + 1) if batch * ig_need(s) <= max_memory_mb), default=0)
+        if fit_steps:
+            return batch, fit_steps, max_memory_mb
+        fit = int(max_memory_mb // ig_need(1))
+        if fit >= 1:
+            return fit, 1, max_memory_mb
+    raise TLSubmodelsError(
+        f"max_memory_mb={max_memory_mb:g} is below what one example needs on this model ({seq} tokens): "
+        "raise it, use shorter prompts, or set batch_size to choose the rows per forward yourself"
+    )
+
+
+def _by_memory(
+    sites: dict[str, Kind], info: tlmodel.ModelInfo, seq: int, rows: int, max_memory_mb: float
+) -> list[list[str]]:
+    """Sites (hook name: kind) in groups whose gradients for ``rows`` examples fit the budget (one site at least)."""
     groups: list[list[str]] = [[]]
     used = 0.0
-    for name in names:
-        a = acts[name]
-        size = a[0].numel() * a.element_size() * rows / 2**20
+    for name, kind in sites.items():
+        size = _site_mb(info, kind, seq) * rows
         if groups[-1] and used + size > max_memory_mb:
             groups.append([])
             used = 0.0

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import Component, Kind, parse_component
+from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
 from tl_submodels.model import StandardWeights
@@ -36,6 +36,9 @@ FAST_TOLERANCE = 1e-4
 # On a CPU, forwards of more rows than this stop fitting the caches and get slower per row
 # (scripts/bench_patching.py: 256 rows ran 1.6x faster than the ~2,600 a 1 GiB budget allows).
 CPU_ROWS = 256
+# max_memory_mb covers the whole sweep: at most this share of it for the examples' cached runs, the rest
+# for the patched forwards (examples are scored in chunks when all of them do not fit).
+BUDGET_FOR_CACHES = 0.5
 # Switches for scripts/bench_patching.py, which measures what each skipped piece of work saves.
 _TRICKS = {"prefix_reuse": True, "prune_last_layer": True}
 
@@ -80,7 +83,10 @@ def patch(
             the gap restored) or ``"noising"`` (run clean, patch in corrupt; the fraction destroyed).
         batch_size: rows (copies x examples) per forward; default: fit ``max_memory_mb``, and at
             most 256 on a CPU, where larger forwards run slower per row.
-        max_memory_mb: activation memory budget per forward, used when batch_size is None.
+        max_memory_mb: memory budget of the whole sweep beyond the model's own weights, used when
+            batch_size is None: the examples' cached runs take at most half of it (more examples are
+            scored in chunks), the patched forwards the rest, the fast path's weight copies count too
+            (measured by scripts/bench_memory.py; raises TLSubmodelsError when one example does not fit).
         progress: show a tqdm progress bar.
         fast: use the prefix-reusing forward where the model allows it (False: hooks only).
         components: patch only these (e.g. candidates from attribution); the other entries of
@@ -111,27 +117,112 @@ def patch(
         torch.Size([2, 4])
     """
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
+    if components is not None and per_position:
+        raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
     device = tlmodel.first_param_device(model)
-    base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
-    n_layers, seq, batch = info.n_layers, task.seq_len, task.batch
-
-    sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(n_layers)]
-    resid_names = [tlmodel.hook_resid_pre(layer) for layer in range(n_layers)]
-    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
-    fast_names = sites + [
-        h(layer)
-        for layer in range(n_layers)
-        for h in (tlmodel.hook_k, tlmodel.hook_v, after_attn, tlmodel.hook_resid_post)
-    ]
+    seq, batch = task.seq_len, task.batch
     # The fast path runs over the weights, so hooks the caller has on the model (e.g. inside
     # `with model.hooks(...)`) would not apply there: patch through hooks then.
     use_fast = (
         fast
         and tlmodel.is_attention_causal(model)
         and not tlmodel.has_hooks(model)
-        and all(n in model.hook_dict for n in fast_names)
+        and all(n in model.hook_dict for n in _fast_names(info, kinds))
     )
+    # The fast path holds TL-layout copies of (at most all) the blocks' weights: only when those would take
+    # at most half the budget (decided before they are made).
+    if batch_size is None and _blocks_mb(model) > max_memory_mb / 2:
+        use_fast = False
     weights = tlmodel.standard_weights(model) if use_fast else None
+    weights_mb = 0.0 if weights is None else _copied_mb(model, weights)
+    budget = max_memory_mb - weights_mb
+    # Examples in chunks whose cached runs and forwards fit the budget (all at once when they do).
+    per_example_mb, per_row_mb = _example_mb(info, kinds, seq), _row_mb(info, seq)
+    if batch_size is None:
+        fit = int(budget * BUDGET_FOR_CACHES // per_example_mb)
+        if fit < 1:
+            raise TLSubmodelsError(
+                f"max_memory_mb={max_memory_mb:g} is below what one example needs on this model "
+                f"(~{per_example_mb / BUDGET_FOR_CACHES:.0f} MB for {seq} tokens); raise it or use shorter prompts"
+            )
+        chunk = min(batch, fit)
+        left = budget - chunk * per_example_mb
+        rows_per_forward = max(1, int(left / per_row_mb))
+        if device.type == "cpu":
+            rows_per_forward = min(rows_per_forward, CPU_ROWS)
+    else:
+        chunk, rows_per_forward = batch, batch_size
+    chunks = [torch.arange(lo, min(lo + chunk, batch)) for lo in range(0, batch, chunk)]
+    raws = []
+    for i, idx in enumerate(chunks):
+        sub = task if len(chunks) == 1 else task.subset(idx)
+        path = checkpoint if checkpoint is None or len(chunks) == 1 else Path(f"{checkpoint}.examples{i}")
+        raws.append(
+            _patch_examples(
+                model, sub, info, kinds, per_position, direction, rows_per_forward, weights, components, path, progress
+            )
+        )
+    base_each = torch.cat([r[0] for r in raws])
+    source_each = torch.cat([r[1] for r in raws])
+    examples = {k: torch.cat([r[2][k] for r in raws]) for k in kinds}
+
+    base_value, source_value = float(base_each.mean()), float(source_each.mean())
+    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
+    gap = metric_gap(task, clean_value, corrupt_value) if require_gap else clean_value - corrupt_value
+    if not require_gap and abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
+        gap = float("nan")
+    raw: dict[str, Tensor | None] = {k: examples[k].mean(0) if k in examples else None for k in KINDS}
+
+    def normalise(t: Tensor) -> Tensor:
+        return (t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap
+
+    norm = {k: None if t is None else normalise(t) for k, t in raw.items()}
+
+    # Per example, the effect is measured from that example's own unpatched run.
+    def normalise_each(t: Tensor) -> Tensor:
+        b = base_each.view(-1, *[1] * (t.ndim - 1))
+        return (t - b) / gap if direction == "denoising" else (b - t) / gap
+
+    return Scores(
+        heads=norm["heads"],
+        neurons=norm["neurons"],
+        mlps=norm["mlps"],
+        raw_heads=raw["heads"],
+        raw_neurons=raw["neurons"],
+        raw_mlps=raw["mlps"],
+        clean_metric=clean_value,
+        corrupt_metric=corrupt_value,
+        method="patch",
+        direction=direction,
+        metric=task.metric_name,
+        per_position=per_position,
+        task=task.name,
+        per_example={k: normalise_each(v) for k, v in examples.items()} if per_example else None,
+    )
+
+
+def _patch_examples(
+    model: Any,
+    task: Task,
+    info: tlmodel.ModelInfo,
+    kinds: tuple[Kind, ...],
+    per_position: bool,
+    direction: Direction,
+    rows_per_forward: int,
+    weights: StandardWeights | None,
+    components: Iterable[Component | str] | None,
+    checkpoint: str | Path | None,
+    progress: bool,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Patch every component on these examples: (unpatched base metric [batch], source metric [batch],
+    per kind the patched metric of each example ``[batch, *score shape]``; NaN where not patched)."""
+    base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
+    n_layers, seq, batch = info.n_layers, task.seq_len, task.batch
+
+    sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(n_layers)]
+    resid_names = [tlmodel.hook_resid_pre(layer) for layer in range(n_layers)]
+    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
+    fast_names = _fast_names(info, kinds)
     # One forward over both runs (rows are independent): source rows first, then base rows.
     names = set(sites) | set(resid_names) | (set(fast_names) if weights else set())
     both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), names)
@@ -140,12 +231,8 @@ def patch(
     base = {n: a[batch:] for n, a in both.items()}
 
     base_each = task.per_example(task.final_logits(base_logits)).cpu()
+    source_each = task.per_example(task.final_logits(source_logits)).cpu()
     base_value = float(base_each.mean())
-    source_value = float(task.metric(source_logits))
-    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
-    gap = metric_gap(task, clean_value, corrupt_value) if require_gap else clean_value - corrupt_value
-    if not require_gap and abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
-        gap = float("nan")
 
     out_pos = task.out_pos
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention).
@@ -182,16 +269,10 @@ def patch(
 
     groups = _groups(info, kinds, per_position, start, seq)
     results = _empty_results(info, kinds, per_position, seq, base_value)
-    base_each = task.per_example(task.final_logits(base_logits)).cpu()
     examples = {k: base_each.view(-1, *[1] * t.ndim).expand(-1, *t.shape).clone() for k, t in results.items()}
     if components is not None:
-        if per_position:
-            raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
         groups, results = _restrict(groups, results, info, kinds, components)
         examples = {k: torch.where(results[k].isnan()[None], float("nan"), v) for k, v in examples.items()}
-    rows_per_forward = batch_size or _rows_for_budget(info, seq - (start if runner else 0), max_memory_mb)
-    if batch_size is None and device.type == "cpu":
-        rows_per_forward = min(rows_per_forward, CPU_ROWS)
     copies_per_forward = max(1, rows_per_forward // batch)
     items = [(g, lo, min(lo + copies_per_forward, len(g.units))) for g in groups for lo in range(0, len(g.units), copies_per_forward)]  # fmt: skip
     key = None
@@ -233,41 +314,10 @@ def patch(
     finally:
         sweep.close()
     for i, (g, lo, hi) in enumerate(items):  # in item order: the same numbers however the work was spread
-        each = done[i]
-        for r, v in zip(range(lo, hi), each.mean(1).tolist(), strict=True):
-            results[g.kind][g.out_index[r]] = v
-            if per_example:
-                index: tuple[Any, ...] = (slice(None), *g.out_index[r])
-                examples[g.kind][index] = each[r - lo]
-
-    raw = {k: results.get(k) for k in ("heads", "neurons", "mlps")}
-
-    def normalise(t: Tensor) -> Tensor:
-        return (t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap
-
-    norm = {k: None if t is None else normalise(t) for k, t in raw.items()}
-
-    # Per example, the effect is measured from that example's own unpatched run.
-    def normalise_each(t: Tensor) -> Tensor:
-        b = base_each.view(-1, *[1] * (t.ndim - 1))
-        return (t - b) / gap if direction == "denoising" else (b - t) / gap
-
-    return Scores(
-        heads=norm["heads"],
-        neurons=norm["neurons"],
-        mlps=norm["mlps"],
-        raw_heads=raw["heads"],
-        raw_neurons=raw["neurons"],
-        raw_mlps=raw["mlps"],
-        clean_metric=clean_value,
-        corrupt_metric=corrupt_value,
-        method="patch",
-        direction=direction,
-        metric=task.metric_name,
-        per_position=per_position,
-        task=task.name,
-        per_example={k: normalise_each(v) for k, v in examples.items()} if per_example else None,
-    )
+        for r in range(lo, hi):
+            index: tuple[Any, ...] = (slice(None), *g.out_index[r])
+            examples[g.kind][index] = done[i][r - lo]
+    return base_each, source_each, examples
 
 
 def _groups(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], per_position: bool, start: int, seq: int) -> list[_Group]:
@@ -391,11 +441,45 @@ class _Patcher:
         return self(act, pos)
 
 
-def _rows_for_budget(info: tlmodel.ModelInfo, seq: int, max_memory_mb: float) -> int:
-    """Rows per forward that keep the main activations of one forward under the budget."""
-    per_row = (
-        4
-        * max(seq, 1)
-        * (8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * max(seq, 1) + 3 * (info.d_mlp or 0))
-    )
-    return max(1, int(max_memory_mb * 2**20 // per_row))
+def _fast_names(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...]) -> list[str]:
+    """The hook points the fast path caches: the sites, keys, values and the residual stream after each half-layer."""
+    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
+    sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(info.n_layers)]
+    return sites + [
+        h(layer)
+        for layer in range(info.n_layers)
+        for h in (tlmodel.hook_k, tlmodel.hook_v, after_attn, tlmodel.hook_resid_post)
+    ]
+
+
+def _blocks_mb(model: Any) -> float:
+    """Memory of the parameters of the model's blocks, in MB: a bound on what the fast path copies."""
+    return sum(p.numel() * p.element_size() for p in model.blocks.parameters()) / 2**20
+
+
+def _copied_mb(model: Any, weights: StandardWeights) -> float:
+    """Memory of the fast path's weights that are copies, not views of the model's parameters, in MB."""
+    owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = 0
+    for value in vars(weights).values():
+        for t in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in owned:
+                total += t.numel() * t.element_size()
+    return total / 2**20
+
+
+def _row_mb(info: tlmodel.ModelInfo, seq: int) -> float:
+    """Memory of one row of a forward: the main activations it holds at once, in MB."""
+    width = 8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * max(seq, 1) + 3 * (info.d_mlp or 0)
+    return 4 * max(seq, 1) * width / 2**20
+
+
+def _example_mb(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], seq: int) -> float:
+    """Memory one example costs before any patched forward: the cached activations of its two runs (the
+    sites, the residual stream, keys and values for the fast path), the caching forward, its results, in MB."""
+    site = {"heads": info.n_heads * info.d_head, "neurons": info.d_mlp or 0, "mlps": info.d_model}
+    width = sum(site[k] for k in kinds) + 3 * info.d_model + 2 * info.n_heads * info.d_head
+    cached = 4 * seq * info.n_layers * 2 * width / 2**20
+    results = 4 * sum(info.n_layers * (seq if per_pos else 1) * n for per_pos, n in ((True, info.n_heads + 1),
+                                                                                   (False, info.d_mlp or 0)))  # fmt: skip
+    return cached + 2 * _row_mb(info, seq) + results / 2**20
