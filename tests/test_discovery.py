@@ -100,14 +100,41 @@ def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
         assert set(truth["previous_token_heads"]) | set(truth["induction_heads"]) <= {str(c) for c in fast}
 
 
+class _CountedBlocks:
+    """Wraps the blocks' class ``forward`` to count the runs of the first and the last block; ``remove()``
+    puts it back. Not with hooks: any hook on the model turns the shortcuts off (tl_submodels.model.has_hooks)."""
+
+    def __init__(self, model, counts):
+        first, last = model.blocks[0], model.blocks[-1]
+        self.cls = type(first)
+        self.original = original = self.cls.forward
+
+        def counted(block, *args, **kwargs):
+            out = original(block, *args, **kwargs)  # counted once done (TL 4 stops a run inside the next block)
+            counts["started"] += block is first
+            counts["full"] += block is last
+            return out
+
+        self.cls.forward = counted
+
+    def remove(self):
+        self.cls.forward = self.original
+
+
 def _forward_counter(model):
-    """Counts forwards that enter the first block and that reach the last one (module hooks, not hook points)."""
+    """Counts forwards that enter the first block and that reach the last one."""
     counts = {"started": 0, "full": 0}
-    handles = [
-        model.blocks[0].register_forward_hook(lambda *_: counts.__setitem__("started", counts["started"] + 1)),
-        model.blocks[-1].register_forward_hook(lambda *_: counts.__setitem__("full", counts["full"] + 1)),
-    ]
-    return counts, handles
+    return counts, [_CountedBlocks(model, counts)]
+
+
+def test_a_plain_module_hook_turns_the_shortcut_off(induction_model, induction_task):
+    ablator = tls.Ablator(induction_model, ablation="mean", reference=induction_task.corrupt)
+    handle = induction_model.blocks[-1].register_forward_hook(lambda *_: None)
+    try:
+        assert discovery._KeepOnlyRuns(induction_model, induction_task, ablator).pre is None
+    finally:
+        handle.remove()
+    assert discovery._KeepOnlyRuns(induction_model, induction_task, ablator).pre is not None
 
 
 @pytest.mark.parametrize("which", ["induction", "mlp"])

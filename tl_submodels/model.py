@@ -276,8 +276,22 @@ def reader_hooks(model: Any) -> Iterator[str]:
 
 
 def has_hooks(model: Any) -> bool:
-    """True while any forward or backward hook is registered on the model's hook points."""
-    return any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+    """True while any forward or backward hook is registered on the model: on its hook points, on any of its
+    other modules (plain ``register_forward_hook`` too) or globally, i.e. when a shortcut around hooks would
+    differ. TransformerLens' own wiring on other modules (TL 4's bridge adds some) does not count."""
+    if any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values()):
+        return True
+    glob = torch.nn.modules.module
+    if glob._global_forward_hooks or glob._global_forward_pre_hooks or glob._global_backward_hooks:
+        return True
+    hook_points = {id(hp) for hp in model.hook_dict.values()}
+    for m in model.modules():
+        if id(m) in hook_points:
+            continue
+        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, "_backward_pre_hooks", {})):
+            if any(not getattr(fn, "__module__", "").startswith("transformer_lens") for fn in hooks.values()):
+                return True
+    return False
 
 
 def is_attention_causal(model: Any) -> bool:
