@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import tl_submodels as tls
 from tl_submodels.cli import main
@@ -129,6 +130,24 @@ def test_scores_command_matches_the_library(tmp_path, capsys):
     assert main(["scores", "--model", "multitask-3l", "--task", "addition", "--n", "8", "--method", "atp",
                  "--kinds", "mlps", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["method"] == "atp"
+
+
+def strict(text: str):
+    """json.loads that refuses NaN and Infinity, which are not JSON (jq and most parsers reject them)."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_json_is_strict_and_not_scored_entries_round_trip_as_null(tmp_path):
+    model = tls.zoo.load("induction-2l")
+    partial = tls.patch(model, tls.zoo.task("induction-2l", "induction", n=8), components=["L1H0"], per_example=True)
+    assert partial.heads.isnan().sum() == 7  # every head but L1H0 not scored
+    text = json.dumps(partial.to_dict(), allow_nan=False)
+    back = tls.Scores.from_dict(strict(text))
+    torch.testing.assert_close(back.heads, partial.heads, equal_nan=True)
+    torch.testing.assert_close(back.per_example["heads"], partial.per_example["heads"], equal_nan=True)
+    proc = run("scores", "--model", "induction-2l", "--task", "induction", "--n", "8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    strict(proc.stdout)
 
 
 def test_report_command_writes_an_offline_report(tmp_path, capsys):

@@ -144,11 +144,11 @@ def _zoo(args: argparse.Namespace) -> int:
 
     if args.zoo_command == "list":
         if args.json:
-            print(json.dumps(zoo.list()))
+            print(_dumps(zoo.list()))
         for name in [] if args.json else zoo.list():
             print(name)
     else:
-        print(json.dumps(zoo.info(args.name), indent=2))
+        print(_dumps(zoo.info(args.name), indent=2))
     return 0
 
 
@@ -176,7 +176,7 @@ def _discover(args: argparse.Namespace) -> int:
             "circuit": circuit.to_dict(),
             "evaluation": ev.to_dict(),
         }
-        print(json.dumps(out, indent=2))
+        print(_dumps(out, indent=2))
         return 0
     table = Table(
         title=f"top components: {args.model} / {args.task} (exact patching, {scores.direction}, {scores.metric})"
@@ -281,7 +281,7 @@ def _factorize(args: argparse.Namespace) -> int:
             p.save(args.out / f"{p.name}.json")
     frame = f.to_frame()
     if args.json:
-        print(json.dumps({"k": len(f.parts), "k_errors": f.k_errors, "purity": f.purity,
+        print(_dumps({"k": len(f.parts), "k_errors": f.k_errors, "purity": f.purity,
                           "parts": frame.to_dict(orient="records")}, indent=2))  # fmt: skip
         return 0
     table = Table(
@@ -307,7 +307,7 @@ def _explain(args: argparse.Namespace) -> int:
     reference = [t.corrupt for t in _tasks(args.model, model, args.reference, args.n, 0)]
     ex = tls.explain(model, args.prompt, parts, k=args.k, reference=reference)
     if args.json:
-        print(json.dumps({"tokens": ex.tokens, "rows": ex.rows}, indent=2))
+        print(_dumps({"tokens": ex.tokens, "rows": ex.rows}, indent=2))
         return 0
     print(ex)
     return 0
@@ -325,7 +325,7 @@ def _diff(args: argparse.Namespace) -> int:
     d = tls.diff(a, b, tasks, progress=True)
     top = [{"component": str(c), "task": t, "effect_b_minus_a": v} for c, t, v in d.ranking[: args.top]]
     if args.json:
-        print(json.dumps({"top": top, "parts": d.to_frame().to_dict(orient="records")}, indent=2))
+        print(_dumps({"top": top, "parts": d.to_frame().to_dict(orient="records")}, indent=2))
         return 0
     table = Table(title=f"components whose effects differ: {args.model_b} minus {args.model_a}")
     for col in ("component", "task", "effect b - a"):
@@ -353,12 +353,12 @@ def _scores(args: argparse.Namespace) -> int:
         scores = tls.attribute(model, task, method=args.method, kinds=kinds, direction=args.direction, progress=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(scores.to_dict()))
+        args.out.write_text(_dumps(scores.to_dict()))
     top = [{"component": str(c), "score": v} for c, v in scores.top(args.top)]
     if args.json:
         out = {"model": args.model, "task": task.name, "method": scores.method, "direction": scores.direction,
                "clean_metric": scores.clean_metric, "corrupt_metric": scores.corrupt_metric, "top": top}  # fmt: skip
-        print(json.dumps(out, indent=2))
+        print(_dumps(out, indent=2))
         return 0
     table = Table(title=f"top components: {args.model} / {task.name} ({scores.method}, {scores.direction})")
     table.add_column("component")
@@ -387,10 +387,17 @@ def _report(args: argparse.Namespace) -> int:
     path = rep.save(args.out)
     size = path.stat().st_size
     if args.json:
-        print(json.dumps({"path": str(path), "bytes": size, "sections": [k for k, _, _ in rep.sections]}))
+        print(_dumps({"path": str(path), "bytes": size, "sections": [k for k, _, _ in rep.sections]}))
     else:
         print(f"wrote {path} ({size / 1e6:.1f} MB): open it in a browser, no network needed")
     return 0
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON for ``--json`` (NaN becomes null, infinities "inf"/"-inf", as jq and other parsers need)."""
+    from tl_submodels.scores import _json_safe
+
+    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False, default=str)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ so that its mean over the batch is the aggregate score.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +155,12 @@ class Scores:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers for ``json.dumps``, strict JSON: NaN (not scored) becomes null and an
+        infinity the string "inf" or "-inf"; :meth:`from_dict` reads both back.
+
+        Example:
+            >>> Scores.from_dict(json.loads(json.dumps(scores.to_dict())))  # doctest: +SKIP
+        """
         out: dict[str, Any] = {
             k: getattr(self, k)
             for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")
@@ -161,14 +168,16 @@ class Scores:
         for kind in KINDS:
             for key in (kind, f"raw_{kind}"):
                 t = getattr(self, key)
-                out[key] = None if t is None else t.tolist()
-        out["per_example"] = None if self.per_example is None else {k: v.tolist() for k, v in self.per_example.items()}
-        return out
+                out[key] = None if t is None else _json_safe(t.tolist())
+        out["per_example"] = (
+            None if self.per_example is None else {k: _json_safe(v.tolist()) for k, v in self.per_example.items()}
+        )
+        return _json_safe(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scores:
         def tensor(key: str) -> Tensor | None:
-            return None if data.get(key) is None else torch.tensor(data[key])
+            return None if data.get(key) is None else torch.tensor(_nan_for_none(data[key]), dtype=torch.float32)
 
         return cls(
             heads=tensor("heads"),
@@ -177,8 +186,8 @@ class Scores:
             raw_heads=tensor("raw_heads"),
             raw_neurons=tensor("raw_neurons"),
             raw_mlps=tensor("raw_mlps"),
-            clean_metric=float(data["clean_metric"]),
-            corrupt_metric=float(data["corrupt_metric"]),
+            clean_metric=float(_nan_for_none(data["clean_metric"])),
+            corrupt_metric=float(_nan_for_none(data["corrupt_metric"])),
             method=str(data["method"]),
             direction=data["direction"],
             metric=str(data["metric"]),
@@ -186,7 +195,7 @@ class Scores:
             task=str(data["task"]),
             per_example=None
             if data.get("per_example") is None
-            else {k: torch.tensor(v) for k, v in data["per_example"].items()},
+            else {k: torch.tensor(_nan_for_none(v), dtype=torch.float32) for k, v in data["per_example"].items()},
         )
 
 
@@ -225,3 +234,21 @@ def metric_gap(task: Task, clean_value: float, corrupt_value: float) -> float:
             "gap to score against. Check that the corrupt prompts remove what the answer depends on."
         )
     return gap
+
+
+def _json_safe(x: Any) -> Any:
+    """Nested lists/dicts as strict JSON: NaN becomes None (null), infinities the strings "inf" and "-inf"."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else str(x)
+    return x
+
+
+def _nan_for_none(x: Any) -> Any:
+    """The inverse of :func:`_json_safe` for numbers: None back to NaN, "inf"/"-inf" back to floats."""
+    if isinstance(x, list):
+        return [_nan_for_none(v) for v in x]
+    return float("nan") if x is None else float(x) if isinstance(x, str) else x
