@@ -132,14 +132,18 @@ def attribute(
     cache: dict[str, Any] = {"chunk": None}
 
     def runs_of(ci: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Base and source activations of chunk ``ci`` and the per-example metric of both runs."""
+        """Base ("ig" only: atp sees them in its own forward) and source activations of chunk ``ci``, and the
+        per-example metric of those runs."""
         if cache["chunk"] != ci:
             cache.clear()
             sub = task.subset(chunks[ci])
-            b_logits, b = tlmodel.run_cache(model, base_tokens[chunks[ci]], names)
+            b: dict[str, Tensor] = {}
+            metrics = {}
+            if method == "ig":
+                b_logits, b = tlmodel.run_cache(model, base_tokens[chunks[ci]], names)
+                metrics["base"] = sub.per_example(sub.final_logits(b_logits)).cpu()
             s_logits, s = tlmodel.run_cache(model, source_tokens[chunks[ci]], names)
-            metrics = {"base": sub.per_example(sub.final_logits(b_logits)).cpu(),
-                       "source": sub.per_example(sub.final_logits(s_logits)).cpu()}  # fmt: skip
+            metrics["source"] = sub.per_example(sub.final_logits(s_logits)).cpu()
             cache.update(chunk=ci, runs=(b, s, metrics))
         return cache["runs"]
 
@@ -162,8 +166,10 @@ def attribute(
             result: dict[str, Any]
             if method == "atp":
                 group = site_groups[what]
-                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group})
-                result = {n: reduce(site_kind[n], (source[n] - base[n]) * grads[n]).cpu() for n in group}
+                seen: dict[str, Tensor] = {}  # the base run's activations and metric, from this forward
+                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group}, seen=seen)
+                result = {n: reduce(site_kind[n], (source[n] - seen[n]) * grads[n]).cpu() for n in group}
+                metrics = {**metrics, "base": seen["metric"].cpu()}
             else:
                 name, lo = what
                 delta = source[name] - base[name]
@@ -297,17 +303,21 @@ def _gradients(
     base_tokens: Tensor,
     sites: dict[str, Tensor | None],
     copies: int = 1,
+    seen: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """d(sum of the per-example metric / batch) / d(activation) at each site, for rows ``idx``.
 
     A site given a tensor has its activation replaced by it (the IG path); every site gets a
     zero-valued leaf added, whose gradient is the activation's gradient. The model's parameters
-    are not differentiated.
+    are not differentiated. ``seen``, when given, receives each site's activation as the forward
+    met it and the per-example metric under ``"metric"``.
     """
     leaves: dict[str, Tensor] = {}
 
     def make_hook(name: str, value: Tensor | None) -> Callable[..., Tensor]:
         def hook(act: Tensor, hook: Any = None) -> Tensor:
+            if seen is not None:
+                seen[name] = act.detach()
             if value is not None:
                 act = value.to(act.device, act.dtype)
             leaf = torch.zeros_like(act, requires_grad=True)
@@ -322,6 +332,8 @@ def _gradients(
         logits = model(base_tokens[idx])
         per_example = sub.per_example(sub.final_logits(logits))
         metric = per_example.sum() / task.batch
+        if seen is not None:
+            seen["metric"] = per_example.detach()
         missing = [n for n in sites if n not in leaves]
         if missing:
             raise TLSubmodelsError(f"hook points {missing} did not run in the forward pass; cannot attribute there")
