@@ -437,7 +437,7 @@ class _Patcher:
 
     def hook(self, act: Tensor, hook: Any = None) -> Tensor:
         """A TransformerLens forward hook over all positions."""
-        pos = torch.arange(act.shape[1], device=act.device)[None].expand(act.shape[0], -1)
+        pos = torch.arange(act.shape[1], device=self.source.device)[None].expand(act.shape[0], -1)
         return self(act, pos)
 
 
