@@ -44,6 +44,15 @@ def _np(t: Tensor) -> Any:
     return t.detach().float().cpu().numpy()
 
 
+def _diverging(z: Tensor, x: list, y: list, hover: str, label: str | None = "score") -> go.Heatmap:
+    """A heat map of signed values centred on 0, symmetric about it (NaN, i.e. not scored, left blank)."""
+    bound = float(torch.nan_to_num(z.abs(), nan=0.0).max()) or 1.0
+    return go.Heatmap(
+        z=_np(z), x=x, y=y, colorscale=DIVERGING, zmid=0.0, zmin=-bound, zmax=bound,
+        colorbar={"title": label} if label else None, showscale=label is not None, hovertemplate=hover,
+    )  # fmt: skip
+
+
 def _need(scores: Any, kind: str) -> Tensor:
     t = getattr(scores, kind, None)
     if t is None:
@@ -68,41 +77,18 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
     heads = _need(scores, "heads")
     title = title or f"{scores.method} {scores.direction} scores of the heads on {scores.task}"
     fig = _figure(title)
-    bound = float(torch.nan_to_num(heads.abs(), nan=0.0).max()) or 1.0
     if heads.ndim == 2:
         n_layers, n_heads = heads.shape
-        fig.add_trace(
-            go.Heatmap(
-                z=_np(heads),
-                x=[f"H{h}" for h in range(n_heads)],
-                y=[f"L{layer}" for layer in range(n_layers)],
-                colorscale=DIVERGING,
-                zmid=0.0,
-                zmin=-bound,
-                zmax=bound,
-                colorbar={"title": "score"},
-                hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",
-            )
-        )
+        x, y = [f"H{h}" for h in range(n_heads)], [f"L{layer}" for layer in range(n_layers)]
+        fig.add_trace(_diverging(heads, x, y, "%{y}%{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(
             xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed", height=max(260, 120 + 50 * n_layers)
         )
     else:  # [layer, pos, head]
         n_layers, n_pos, n_heads = heads.shape
         z = heads.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos)
-        fig.add_trace(
-            go.Heatmap(
-                z=_np(z),
-                x=list(range(n_pos)),
-                y=[f"L{layer}H{h}" for layer in range(n_layers) for h in range(n_heads)],
-                colorscale=DIVERGING,
-                zmid=0.0,
-                zmin=-bound,
-                zmax=bound,
-                colorbar={"title": "score"},
-                hovertemplate="%{y} @ %{x}: %{z:.3f}<extra></extra>",
-            )
-        )
+        y = [f"L{layer}H{h}" for layer in range(n_layers) for h in range(n_heads)]
+        fig.add_trace(_diverging(z, list(range(n_pos)), y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(xaxis_title="position", yaxis_title="head", yaxis_autorange="reversed")
     return fig
 
@@ -118,20 +104,8 @@ def neuron_strips(scores: Any, *, top: int = 5, title: str | None = None) -> go.
         raise TLSubmodelsError(f"top must be >= 0, got {top}")
     n_layers, d_mlp = neurons.shape
     fig = _figure(title or f"{scores.method} scores of the MLP neurons on {scores.task}", height=120 + 60 * n_layers)
-    bound = float(torch.nan_to_num(neurons.abs(), nan=0.0).max()) or 1.0
-    fig.add_trace(
-        go.Heatmap(
-            z=_np(neurons),
-            x=list(range(d_mlp)),
-            y=[f"L{layer}" for layer in range(n_layers)],
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-bound,
-            zmax=bound,
-            colorbar={"title": "score"},
-            hovertemplate="%{y}N%{x}: %{z:.3f}<extra></extra>",
-        )
-    )
+    y = [f"L{layer}" for layer in range(n_layers)]
+    fig.add_trace(_diverging(neurons, list(range(d_mlp)), y, "%{y}N%{x}: %{z:.3f}<extra></extra>"))
     for layer in range(n_layers):
         row = torch.nan_to_num(neurons[layer].abs(), nan=-1.0)
         for n in row.argsort(descending=True)[: min(top, d_mlp)].tolist():
@@ -156,18 +130,8 @@ def mlp_bars(scores: Any, *, title: str | None = None) -> go.Figure:
         )
         fig.update_layout(xaxis_title="MLP layer", yaxis_title="score")
     else:
-        bound = float(torch.nan_to_num(mlps.abs(), nan=0.0).max()) or 1.0
-        fig.add_trace(
-            go.Heatmap(
-                z=_np(mlps),
-                x=list(range(mlps.shape[1])),
-                y=[f"MLP{i}" for i in range(mlps.shape[0])],
-                colorscale=DIVERGING,
-                zmid=0.0,
-                zmin=-bound,
-                zmax=bound,
-            )
-        )
+        x, y = list(range(mlps.shape[1])), [f"MLP{i}" for i in range(mlps.shape[0])]
+        fig.add_trace(_diverging(mlps, x, y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(xaxis_title="position", yaxis_title="MLP layer", yaxis_autorange="reversed")
     return fig
 
@@ -298,21 +262,8 @@ def usage_positions(usage: Any, *, title: str | None = None) -> go.Figure:
         if not hasattr(usage, attr):
             raise TLSubmodelsError(f"usage_positions needs a Usage (from tls.usage); got {type(usage).__name__}")
     x = [f"{i}:{t}" for i, t in enumerate(usage.tokens)]
-    bound = float(usage.values.abs().max()) or 1.0
     fig = _figure(title or f"Contribution to the logit of {usage.target!r} by position ({usage.method})")
-    fig.add_trace(
-        go.Heatmap(
-            z=_np(usage.values),
-            x=x,
-            y=list(usage.parts),
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-bound,
-            zmax=bound,
-            colorbar={"title": "logit drop"},
-            hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>",
-        )
-    )
+    fig.add_trace(_diverging(usage.values, x, list(usage.parts), "%{y} at %{x}: %{z:.3f}<extra></extra>", "logit drop"))
     fig.update_layout(xaxis_title="position:token", yaxis_title="sub-model", yaxis_autorange="reversed")
     return fig
 
@@ -536,19 +487,10 @@ def diff_heatmap(model_diff: Any, *, top: int = 20, title: str | None = None) ->
         raise TLSubmodelsError(f"diff_heatmap needs a ModelDiff (from tls.diff); got {type(model_diff).__name__}")
     delta = model_diff.effects_b - model_diff.effects_a
     order = delta.abs().amax(0).argsort(descending=True)[:top].tolist()
-    bound = float(delta.abs().max()) or 1.0
     fig = _figure(title or "Effect in model b minus effect in model a (noising, metric units)")
+    x = [str(model_diff.components[i]) for i in order]
     fig.add_trace(
-        go.Heatmap(
-            z=_np(delta[:, order]),
-            x=[str(model_diff.components[i]) for i in order],
-            y=list(model_diff.task_names),
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-bound,
-            zmax=bound,
-            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
-        )
+        _diverging(delta[:, order], x, list(model_diff.task_names), "%{y}, %{x}: %{z:.3f}<extra></extra>", "b - a")
     )
     fig.update_layout(xaxis_title="component", yaxis_title="task")
     return fig
