@@ -23,6 +23,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def assert_bad_input(cases: list[tuple[tuple[str, ...], str]]) -> None:
+    """Each command exits 2 with one line on stderr that names the problem (``needle``), no traceback."""
+    for args, needle in cases:
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
 def test_discover_writes_a_valid_circuit(tmp_path, capsys):
     out = tmp_path / "circuit.json"
     assert (
@@ -110,11 +119,7 @@ def test_bad_input_of_the_new_commands(tmp_path):
           "--reference", "addition"), "L7H0"),
         (("diff", "--model-a", "induction-2l", "--model-b", "harmful-3l", "--task", "addition"), "architecture"),
     ]  # fmt: skip
-    for args, needle in cases:
-        proc = run(*args)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert needle in proc.stderr, (needle, proc.stderr)
+    assert_bad_input(cases)
 
 
 def test_scores_command_matches_the_library(tmp_path, capsys):
@@ -204,8 +209,4 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path):
         (("report", "--model", "induction-2l", "--task", "induction", "--factorize", "--part", str(junk_part),
           "--out", "x.html"), "not both"),
     ]  # fmt: skip
-    for args, needle in cases:
-        proc = run(*args)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert needle in proc.stderr, (needle, proc.stderr)
+    assert_bad_input(cases)
