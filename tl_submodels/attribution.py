@@ -147,9 +147,6 @@ def attribute(
             cache.update(chunk=ci, runs=(b, s, metrics))
         return cache["runs"]
 
-    # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
-    # the batch mean, so an example's own effect is batch x its delta . gradient.
-    each: dict[str, Tensor] = {}
     if method == "atp":
         site_groups = _by_memory(site_kind, info, task.seq_len, len(chunks[0]), grads_mb)
         items: list[tuple[int, Any]] = [(ci, gi) for ci in range(len(chunks)) for gi in range(len(site_groups))]
@@ -193,6 +190,8 @@ def attribute(
         for n, t in done[i].items():
             if n != "metrics":
                 per_chunk[ci][n] = t if n not in per_chunk[ci] else per_chunk[ci][n] + t
+    # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
+    # the batch mean, so an example's own effect is batch x its delta . gradient (over steps for "ig").
     scale_by = task.batch / (steps if method == "ig" else 1)
     each = {n: torch.cat([c[n] for c in per_chunk]) * scale_by for n in names}
     firsts = [done[first_of[ci]]["metrics"] for ci in range(len(chunks))]
