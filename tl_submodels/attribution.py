@@ -60,9 +60,12 @@ def attribute(
         per_position: heads and MLP layers per position (``[layer, pos, head]``, ``[layer, pos]``).
         direction: ``"denoising"`` (gradients at the corrupt run, towards clean) or ``"noising"``.
         steps: interpolation steps for ``"ig"`` (midpoint rule).
-        batch_size: rows per forward (examples, or examples x steps for ``"ig"``); default all.
-        max_memory_mb: budget for the gradients held at once; ``"atp"`` splits the sites into
-            groups (one forward and backward each) when all of them would not fit.
+        batch_size: rows per forward (examples, or examples x steps for ``"ig"``); default: what
+            ``max_memory_mb`` allows.
+        max_memory_mb: memory budget of the whole call beyond the model's weights: the cached source
+            runs, each forward and backward and the gradients held at once. Examples go in chunks (and
+            ``"ig"`` steps in several forwards) when they do not fit; ``"atp"`` also splits the sites into
+            groups (one forward and backward each). With ``batch_size`` set it bounds the gradients only.
         per_example: also keep each prompt's estimated effect (``Scores.per_example``).
         progress: show a tqdm progress bar.
         checkpoint: a file for partial results, written atomically after every forward and
