@@ -10,6 +10,8 @@ from conftest import assert_same_weights, hook_count, make_mlp_task, weights_sna
 from transformer_lens import patching
 
 import tl_submodels as tls
+from tl_submodels import model as tlmodel
+from tl_submodels import patching as tlpatching
 
 TOL = 1e-4
 
@@ -179,8 +181,6 @@ def test_per_example_effects(mlp_model, mlp_task):
 
 
 def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_task, monkeypatch):
-    from tl_submodels import model as tlmodel
-
     real = tlmodel.standard_weights
 
     def wrong(model):
@@ -192,3 +192,27 @@ def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_ta
         s = tls.patch(mlp_model, mlp_task, kinds="heads")
     ref = tl_reference(mlp_model, mlp_task, patching.get_act_patch_attn_head_out_all_pos)
     assert (s.raw_heads - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_small_memory_budget_scores_the_examples_in_chunks(mlp_model, mlp_task, fast):
+    """A budget that holds about two examples' cached runs: examples in chunks, the same numbers."""
+    kinds = ("heads", "neurons", "mlps")
+    info = tlmodel.model_info(mlp_model)
+    per_example = tlpatching._example_mb(info, kinds, mlp_task.seq_len)
+    budget = 2.5 * per_example / tlpatching.BUDGET_FOR_CACHES
+    if fast:  # the fast path's weight copies count too: room for them (they need at most half the budget)
+        budget = max(budget + tlpatching._blocks_mb(mlp_model), 2.01 * tlpatching._blocks_mb(mlp_model))
+    calls = []
+    real = tlpatching._patch_examples
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tlpatching, "_patch_examples", lambda m, t, *a: calls.append(t.batch) or real(m, t, *a))
+        chunked = tls.patch(mlp_model, mlp_task, kinds=kinds, per_example=True, max_memory_mb=budget, fast=fast)
+    whole = tls.patch(mlp_model, mlp_task, kinds=kinds, per_example=True, fast=fast)
+    assert len(calls) > 1 and sum(calls) == mlp_task.batch, calls
+    for kind in kinds:  # other batch shapes: equal up to float32 rounding
+        torch.testing.assert_close(getattr(chunked, kind), getattr(whole, kind), atol=1e-4, rtol=0)
+        torch.testing.assert_close(chunked.per_example[kind], whole.per_example[kind], atol=1e-4, rtol=0)
+    assert chunked.clean_metric == pytest.approx(whole.clean_metric, abs=1e-5)
+    with pytest.raises(tls.TLSubmodelsError, match="below what one example needs"):
+        tls.patch(mlp_model, mlp_task, kinds=kinds, max_memory_mb=per_example / 10)
