@@ -162,7 +162,7 @@ def test_per_example_and_memory_budget(mlp_model, mlp_task):
     tight = tls.attribute(mlp_model, mlp_task, kinds=kinds, batch_size=1, max_memory_mb=1e-6)
     # a budget that fits about two examples at once: the examples go in chunks (and "ig" one step per forward)
     info, seq = tlmodel.model_info(mlp_model), mlp_task.seq_len
-    site = [attribution._site_mb(info, k, seq) for k in kinds]
+    site = [info.site_mb(k, seq) for k in kinds]
     two = 2.5 * (2 * info.n_layers * sum(site) + attribution._grad_row_mb(info, seq) + 2 * max(site))
     plan = {m: attribution._plan(info, kinds, mlp_task, m, 4, None, two) for m in ("atp", "ig")}
     assert plan["atp"][0] == 2 and plan["ig"][:2] == (2, 1), plan

@@ -220,19 +220,12 @@ def attribute(
     )  # fmt: skip
 
 
-def _site_mb(info: tlmodel.ModelInfo, kind: Kind, seq: int) -> float:
-    """Memory of one example's activation at one site (``hook_z``, ``mlp.hook_post``, ``hook_mlp_out``), in MB."""
-    width = {"heads": info.n_heads * info.d_head, "neurons": info.d_mlp or 0, "mlps": info.d_model}[kind]
-    return 4 * seq * width / 2**20
-
-
 def _grad_row_mb(info: tlmodel.ModelInfo, seq: int) -> float:
     """Memory one row of a forward and backward holds: every layer's saved activations and the logits, in MB."""
-    per_layer = 8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * seq + 3 * (info.d_mlp or 0)
     # TL 2's HookedTransformer (hand-written LayerNorm, GELU and attention masking) keeps about twice as much
     # for the backward pass as TL 4's bridge (measured by scripts/bench_memory.py).
-    per_layer *= 2 if tlmodel.TL_LINE == 2 else 1
-    return 4 * seq * (info.n_layers * per_layer + 2 * info.d_vocab) / 2**20
+    per_layer = info.layer_row_mb(seq) * (2 if tlmodel.TL_LINE == 2 else 1)
+    return info.n_layers * per_layer + 4 * seq * 2 * info.d_vocab / 2**20
 
 
 def _plan(
@@ -254,7 +247,7 @@ def _plan(
         if method == "atp":
             return batch_size, 1, max_memory_mb
         return batch, max(1, min(steps, batch_size // batch)), max_memory_mb
-    site = {k: info.n_layers * _site_mb(info, k, seq) for k in kinds}
+    site = {k: info.n_layers * info.site_mb(k, seq) for k in kinds}
     cached = 2 * sum(site.values())  # an example's base and source activations at every site
     row = _grad_row_mb(info, seq)
     if method == "atp":
@@ -289,7 +282,7 @@ def _by_memory(
     groups: list[list[str]] = [[]]
     used = 0.0
     for name, kind in sites.items():
-        size = _site_mb(info, kind, seq) * rows
+        size = info.site_mb(kind, seq) * rows
         if groups[-1] and used + size > max_memory_mb:
             groups.append([])
             used = 0.0

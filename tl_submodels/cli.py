@@ -395,9 +395,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _dumps(obj: Any, indent: int | None = None) -> str:
     """Strict JSON for ``--json`` (NaN becomes null, infinities "inf"/"-inf", as jq and other parsers need)."""
-    from tl_submodels.scores import _json_safe
+    from tl_submodels.scores import json_safe
 
-    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False, default=str)
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.patching import patch
+from tl_submodels.patching import FAST_TOLERANCE, patch
 from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
@@ -39,7 +39,6 @@ LINEAR_SCAN = 64
 EXACT_CONFIRM_MIN = 8
 # Memory for the residual streams of the all-ablated run that let keep-only runs stop early.
 RESID_CACHE_MB = 512.0
-FAST_TOLERANCE = 1e-4
 Method = Literal["exact", "attribution+exact"]
 
 
@@ -182,7 +181,7 @@ class _KeepOnlyRuns:
         everything = ablator.hooks([], keep_only=True)
         n = self.n_layers
         names = [tlmodel.hook_resid_pre(layer) for layer in range(n)] + [tlmodel.hook_resid_post(n - 1)]
-        mb = task.clean.numel() * int(getattr(model.cfg, "d_model", 0) or 0) * (n + 1) * 4 / 2**20
+        mb = task.clean.numel() * ablator.info.d_model * (n + 1) * 4 / 2**20
         self.pre: list[Tensor] | None = None
         self._to_top: dict[int, Tensor] = {}
         usable = (

@@ -128,6 +128,18 @@ class ModelInfo:
         """Units per layer: heads, neurons, or 1 MLP."""
         return {"heads": self.n_heads, "neurons": self.d_mlp or 0, "mlps": 1}[kind]
 
+    def site_mb(self, kind: Kind, seq: int) -> float:
+        """Memory of one prompt's float32 activation at the hook point of ``kind`` in one layer
+        (``hook_z``, ``mlp.hook_post``, ``hook_mlp_out``), in MB."""
+        width = {"heads": self.n_heads * self.d_head, "neurons": self.d_mlp or 0, "mlps": self.d_model}[kind]
+        return 4 * seq * width / 2**20
+
+    def layer_row_mb(self, seq: int) -> float:
+        """Memory of one layer's main float32 activations for one prompt of ``seq`` tokens (residual stream and
+        norms, q/k/v/z, attention scores and pattern, MLP pre/post), in MB: the unit the sweeps budget in."""
+        width = 8 * self.d_model + 4 * self.n_heads * self.d_head + 2 * self.n_heads * seq + 3 * (self.d_mlp or 0)
+        return 4 * seq * width / 2**20
+
     def check_component(self, c: Component) -> None:
         """Raise if ``c`` is not in this model."""
         if c.layer >= self.n_layers:

@@ -137,7 +137,7 @@ def patch(
     weights_mb = 0.0 if weights is None else _copied_mb(model, weights)
     budget = max_memory_mb - weights_mb
     # Examples in chunks whose cached runs and forwards fit the budget (all at once when they do).
-    per_example_mb, per_row_mb = _example_mb(info, kinds, seq), _row_mb(info, seq)
+    per_example_mb, per_row_mb = _example_mb(info, kinds, seq), info.layer_row_mb(seq)
     if batch_size is None:
         fit = int(budget * BUDGET_FOR_CACHES // per_example_mb)
         if fit < 1:
@@ -468,18 +468,12 @@ def _copied_mb(model: Any, weights: StandardWeights) -> float:
     return total / 2**20
 
 
-def _row_mb(info: tlmodel.ModelInfo, seq: int) -> float:
-    """Memory of one row of a forward: the main activations it holds at once, in MB."""
-    width = 8 * info.d_model + 4 * info.n_heads * info.d_head + 2 * info.n_heads * max(seq, 1) + 3 * (info.d_mlp or 0)
-    return 4 * max(seq, 1) * width / 2**20
-
-
 def _example_mb(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], seq: int) -> float:
     """Memory one example costs before any patched forward: the cached activations of its two runs (the
     sites, the residual stream, keys and values for the fast path), the caching forward, its results, in MB."""
-    site = {"heads": info.n_heads * info.d_head, "neurons": info.d_mlp or 0, "mlps": info.d_model}
-    width = sum(site[k] for k in kinds) + 3 * info.d_model + 2 * info.n_heads * info.d_head
-    cached = 4 * seq * info.n_layers * 2 * width / 2**20
-    results = 4 * sum(info.n_layers * (seq if per_pos else 1) * n for per_pos, n in ((True, info.n_heads + 1),
-                                                                                   (False, info.d_mlp or 0)))  # fmt: skip
-    return cached + 2 * _row_mb(info, seq) + results / 2**20
+    # per layer: the sites, the residual stream after each half-layer and at its input, keys and values
+    width = sum(info.site_mb(k, seq) for k in kinds) + info.site_mb("mlps", seq) * 3 + info.site_mb("heads", seq) * 2
+    cached = info.n_layers * 2 * width
+    # its patched metrics, at most: every head and MLP layer at every position, every neuron
+    results = 4 * info.n_layers * (seq * (info.n_heads + 1) + (info.d_mlp or 0))
+    return cached + 2 * info.layer_row_mb(seq) + results / 2**20

@@ -168,11 +168,9 @@ class Scores:
         for kind in KINDS:
             for key in (kind, f"raw_{kind}"):
                 t = getattr(self, key)
-                out[key] = None if t is None else _json_safe(t.tolist())
-        out["per_example"] = (
-            None if self.per_example is None else {k: _json_safe(v.tolist()) for k, v in self.per_example.items()}
-        )
-        return _json_safe(out)
+                out[key] = None if t is None else t.tolist()
+        out["per_example"] = None if self.per_example is None else {k: v.tolist() for k, v in self.per_example.items()}
+        return json_safe(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scores:
@@ -236,19 +234,19 @@ def metric_gap(task: Task, clean_value: float, corrupt_value: float) -> float:
     return gap
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """Nested lists/dicts as strict JSON: NaN becomes None (null), infinities the strings "inf" and "-inf"."""
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else str(x)
     return x
 
 
 def _nan_for_none(x: Any) -> Any:
-    """The inverse of :func:`_json_safe` for numbers: None back to NaN, "inf"/"-inf" back to floats."""
+    """The inverse of :func:`json_safe` for numbers: None back to NaN, "inf"/"-inf" back to floats."""
     if isinstance(x, list):
         return [_nan_for_none(v) for v in x]
     return float("nan") if x is None else float(x) if isinstance(x, str) else x
