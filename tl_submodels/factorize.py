@@ -25,7 +25,7 @@ NMF starts from NNDSVDa (a deterministic SVD-based start), so equal inputs give 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -320,8 +320,8 @@ def _choose_members(
             memo[members] = float((share * drops).sum() - ((1 - share) * drops).max())
         return memo[members]
 
-    def better(a: frozenset[int], b: frozenset[int]) -> bool:  # a beats b: higher score, or as high and smaller
-        return score(a) > score(b) + 1e-9 or (score(a) >= score(b) - 1e-9 and len(a) < len(b))
+    def better(a: frozenset[int], b: frozenset[int]) -> bool:
+        return _better(score, a, b)
 
     best: frozenset[int] = frozenset()
     for ranking in (loading, exclusive):
@@ -333,22 +333,49 @@ def _choose_members(
                 best = cand
     pool = sorted(set(exclusive.argsort(descending=True).tolist()[:32]) | best)
 
-    def refine(start: frozenset[int]) -> frozenset[int]:
-        cur = start
-        for _ in range(8):
-            for c in sorted(cur, key=lambda c: float(exclusive[c])):  # prune, least exclusive first
-                if len(cur) > 1 and better(cur - {c}, cur):
-                    cur = cur - {c}
-            grown = max((cur | {c} for c in pool if c not in cur), key=score, default=cur)
-            if score(grown) <= score(cur) + 0.01:
-                break
-            cur = grown
-        return cur
+    def refine(start: frozenset[int]) -> frozenset[int]:  # prune the least exclusive first
+        return refine_by_validation(start, pool, score, prune_key=lambda c: float(exclusive[c]))
 
     # from the best threshold set, and by growing from nothing; the better one wins
     found = [refine(best), refine(frozenset())]
     best = found[1] if better(found[1], found[0]) else found[0]
     return [components[c] for c in sorted(best, key=lambda c: -float(loading[c]))]
+
+
+def _better(score: Callable[[frozenset[int]], float], a: frozenset[int], b: frozenset[int]) -> bool:
+    """``a`` beats ``b``: a higher score, or as high and smaller."""
+    return score(a) > score(b) + 1e-9 or (score(a) >= score(b) - 1e-9 and len(a) < len(b))
+
+
+def refine_by_validation(
+    start: frozenset[int],
+    pool: Sequence[int],
+    score: Callable[[frozenset[int]], float],
+    *,
+    prune_key: Callable[[int], float],
+    rounds: int = 8,
+    min_gain: float = 0.01,
+) -> frozenset[int]:
+    """Improve a component set by validation: drop members whose removal does not lower ``score``
+    (in ``prune_key`` order), then add the one member of ``pool`` that raises it most, while that
+    gains more than ``min_gain``; at most ``rounds`` rounds. ``score`` should be memoised.
+
+    Example (a score that rewards holding 1 and 2 and penalises size)::
+
+        >>> refine_by_validation(frozenset({0, 1}), [2, 3], lambda s: len(s & {1, 2}) - 0.1 * len(s),
+        ...                      prune_key=lambda c: c)
+        frozenset({1, 2})
+    """
+    cur = start
+    for _ in range(rounds):
+        for c in sorted(cur, key=prune_key):
+            if len(cur) > 1 and _better(score, cur - {c}, cur):
+                cur = cur - {c}
+        grown = max((cur | {c} for c in pool if c not in cur), key=score, default=cur)
+        if score(grown) <= score(cur) + min_gain:
+            break
+        cur = grown
+    return cur
 
 
 def _holdout_mask(keys: list[int], n_cols: int) -> Tensor:
