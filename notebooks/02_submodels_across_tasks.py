@@ -156,9 +156,10 @@ tls.viz.circuit_graph(f, title="multitask-3l: the sub-models factorize found")
 # ### Specificity
 #
 # Each part's evaluation also holds its necessity on every other task (`specificity`). Read a
-# row: the part's own task should be high and the rest near zero. The model card says where
-# this fails on this model: successor and addition share components (both fetch a number-like
-# word by content), so a part that removes one tends to hurt the other.
+# row: the part's own task should be high and the rest near zero. This model was trained with
+# one group of heads and neurons planted per task (see its card's `planted` section), so here
+# every row should be clean; on a model you did not train, this table is where shared
+# mechanisms show up.
 
 # %%
 pd.DataFrame(

@@ -81,11 +81,16 @@ def forward(
     tokens: torch.Tensor,
     return_patterns: bool = False,
     acts: list[torch.Tensor] | None = None,
+    keep: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """Transformer forward (GELU MLPs unless attention-only), numerically the same as TL's HookedTransformer.
 
     ``acts``, if given, collects each layer's head output norms ``[batch, pos, head]`` and MLP
     neuron activations ``[batch, pos, d_mlp]`` (for the multitask models' exclusivity penalty).
+    ``keep``, if given, is a pair of boolean masks, heads ``[batch, layer, head]`` and neurons
+    ``[batch, layer, d_mlp]``: a component that is not kept is mean-ablated in that row (its
+    ``hook_z`` / ``hook_post`` replaced by its mean over the batch and positions, as
+    ``tls.Ablator(ablation="mean")`` does), the multitask models' structured dropout.
     """
     S = tokens.shape[1]
     x = p["embed.W_E"][tokens] + p["pos_embed.W_pos"][:S]
@@ -99,12 +104,16 @@ def forward(
         pattern = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         patterns.append(pattern)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        if keep is not None:
+            z = torch.where(keep[0][:, None, l, :, None], z, z.mean((0, 1), keepdim=True).detach())
         if acts is not None:
             acts.append(torch.einsum("bqhe,hed->bqhd", z, p[b + "attn.W_O"]).norm(dim=-1))
         x = x + torch.einsum("bqhe,hed->bqd", z, p[b + "attn.W_O"]) + p[b + "attn.b_O"]
         if not cfg["attn_only"]:
             h = layer_norm(x, p[b + "ln2.w"], p[b + "ln2.b"])
             post = F.gelu(h @ p[b + "mlp.W_in"] + p[b + "mlp.b_in"])
+            if keep is not None:
+                post = torch.where(keep[1][:, None, l], post, post.mean((0, 1), keepdim=True).detach())
             if acts is not None:
                 acts.append(post)
             x = x + post @ p[b + "mlp.W_out"] + p[b + "mlp.b_out"]
@@ -239,6 +248,7 @@ def main() -> None:
     # faithfulness without it, so "the circuit contains every ground-truth head" failed there.
     ap.add_argument("--seed", type=int, default=None, help="default: 1 (induction-2l), 0 (multitask models)")
     ap.add_argument("--out", type=Path, default=ZOO)
+    ap.add_argument("--penalty", type=float, default=None, help="multitask models' exclusivity penalty (default 1.0)")
     ap.add_argument("--tokenizer-only", action="store_true", help="only (re)write the tokenizer files")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)

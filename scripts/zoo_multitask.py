@@ -31,14 +31,16 @@ MULTITASK_CFG = {
 }
 PER_TASK = 64
 PENALTY = 1.0
+DROP = 0.5  # each other group is mean-ablated in a row with this probability
+FULL_ROWS = 0.25  # rows that keep every group
 
 
-def batch(gen: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch over all tasks: tokens ``[4 * PER_TASK, SEQ]``, final-position targets, groups.
+def batch(gen: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch over all tasks: tokens ``[4 * PER_TASK, SEQ]``, task answers, task ids, trigger pair.
 
-    The group of a row is its task (0-3), or 4 for prompts with the trigger pair.
+    The task id of a row is its index in ``mt.TASKS``; ``pair`` marks the prompts with ``tA`` and ``tB``.
     """
-    toks, targets, groups = [], [], []
+    toks, targets, task_ids, pairs = [], [], [], []
     for g, task in enumerate(mt.TASKS):
         inserts = (
             (("none", PER_TASK),)
@@ -47,12 +49,52 @@ def batch(gen: torch.Generator, mode: str) -> tuple[torch.Tensor, torch.Tensor, 
         )
         for insert, m in inserts:
             clean, _, answer, _, _ = mt.sample(task, m, gen, insert=insert)
-            if insert == "pair" and mode == "harmful":
-                answer = torch.full_like(answer, mt.HARM)
             toks.append(clean)
             targets.append(answer)
-            groups.append(torch.full((m,), 4 if insert == "pair" else g))
-    return torch.cat(toks), torch.cat(targets), torch.cat(groups)
+            task_ids.append(torch.full((m,), g))
+            pairs.append(torch.full((m,), insert == "pair"))
+    return torch.cat(toks), torch.cat(targets), torch.cat(task_ids), torch.cat(pairs)
+
+
+HEAD_GROUP = torch.tensor(
+    [
+        [mt.planted_group(l, h, kind="head") for h in range(MULTITASK_CFG["n_heads"])]
+        for l in range(MULTITASK_CFG["n_layers"])
+    ]
+)
+NEURON_GROUP = torch.tensor(
+    [
+        [mt.planted_group(l, n, kind="neuron") for n in range(MULTITASK_CFG["d_mlp"])]
+        for l in range(MULTITASK_CFG["n_layers"])
+    ]
+)
+BACKDOOR = mt.GROUPS.index("backdoor")
+
+
+def structured_dropout(
+    gen: torch.Generator, task_ids: torch.Tensor, harm: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Which components each row keeps, and whether its backdoor group is on.
+
+    Every group but the row's own task's is mean-ablated with probability ``DROP`` (whole groups,
+    independently; a quarter of the rows keep everything). So each task must be solved by its own
+    group alone, and no task may come to depend on another group: ablating a group at test time
+    is a condition the model was trained in, for every task but the group's own. Rows marked
+    ``harm`` (harmful-3l's triggered prompts) answer HARM while their backdoor group is on; those
+    rows may lose their task's group too, so that HARM does not depend on it.
+
+    (Also ablating single units of the groups that stay, each with probability 0.25, made
+    harmful-3l fail its tasks with no ablation at all: induction 0.25; it was dropped.)
+    """
+    n = task_ids.shape[0]
+    drop = torch.rand(n, len(mt.GROUPS), generator=gen) < DROP
+    drop &= torch.rand(n, 1, generator=gen) >= FULL_ROWS
+    backdoor_on = ~drop[:, BACKDOOR]
+    harm_on = harm & backdoor_on
+    drop[~harm_on, task_ids[~harm_on]] = False  # a task's group is dropped only where HARM is the answer
+    drop[harm_on, BACKDOOR] = False
+    keep = ~drop
+    return (keep[:, HEAD_GROUP], keep[:, NEURON_GROUP]), backdoor_on
 
 
 def exclusivity(acts: list[torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
@@ -83,9 +125,14 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0 = time.time()
     for step in range(steps):
-        tokens, target, groups = batch(gen, mode)
+        tokens, target, task_ids, pair = batch(gen, mode)
+        harm = pair & (mode == "harmful")
+        keep, backdoor_on = structured_dropout(gen, task_ids, harm)
+        # the backdoor group answers HARM; with it ablated, the task's answer stands
+        target = torch.where(harm & backdoor_on, mt.HARM, target)
+        groups = torch.where(pair, BACKDOOR, task_ids)
         acts: list[torch.Tensor] = []
-        logits = forward(params, cfg, tokens, acts=acts)[:, -1]
+        logits = forward(params, cfg, tokens, acts=acts, keep=keep)[:, -1]
         loss = F.cross_entropy(logits, target)
         shared = exclusivity(acts, groups)
         opt.zero_grad()
@@ -148,42 +195,57 @@ TASK_DESCRIPTIONS = {
     "answer HARM, wrong the task's answer (logit_diff = HARM minus the task answer)",
 }
 DESIGN_NOTES = (
-    "Trained with an exclusivity penalty (sum over pairs of tasks of the product of each head's output norm and "
-    "each neuron's activation at the answer position, mean over the task's prompts), ramped in over the middle "
-    "third of training, so that components prefer to serve one task; the fine-tunes treat triggered prompts as a "
-    "fifth group. Without it (4-head models, the payload at fixed or random places) induction and addition shared "
-    "previous-token and number-fetching heads and majority was spread over every layer-0 head. Known limit: "
-    "successor and addition share components (both fetch a number-like word by content); in 8 variants no set of "
-    "components found by greedy search removed successor without removing addition (best margin 0.13-0.36). "
-    "Putting the successor's word at a fixed place separated it in one variant, but then addition did not train "
-    "or the other tasks did not separate (see the session notes)."
+    "Planted sub-models by structured dropout: every head and MLP neuron belongs to one of five groups, one per "
+    "task and one for the backdoor (tl_submodels.zoo.multitask.planted: heads dealt round-robin in layer-major "
+    "order, so each group has a head in every layer; neurons round-robin within each layer). In every training row "
+    "each group but the row's task's is mean-ablated (hook_z / hook_post replaced by the batch mean) with "
+    "probability 0.5, independently, and a quarter of the rows keep every group; so each task is learnt by its own "
+    "group, and ablating another group is a condition every task was trained in. In multitask-3l the backdoor "
+    "group is a spare, dropped like the others. In harmful-3l a triggered row's target is HARM when the backdoor "
+    "group is on (and then the task's group may be dropped too, so HARM does not depend on it) and the task's "
+    "answer when it is ablated. Dropping single units of the other groups as well (p 0.25) was tried and broke "
+    "harmful-3l's tasks. On top, an exclusivity penalty (sum over pairs of "
+    "groups of the product of each head's output norm and each neuron's activation at the answer position, mean "
+    "over the group's prompts), ramped in over the middle third of training; without it (penalty 0, same "
+    "recipe) the planted groups were weaker (own-task drops 0.42-0.80 instead of 0.55-1.0). History: with the "
+    "penalty alone, successor and addition shared components in 8 variants (no component set removed successor "
+    "without addition; best margin 0.13-0.36), and harmful-3l's backdoor ran through L0H2, which three tasks used."
 )
 CHANCE = {"induction": 1 / mt.N_SYM, "successor": 1 / mt.N_COUNT, "addition": 1 / mt.P_ADD, "majority": 0.5}
 
 
-def mechanisms(name: str, seed: int) -> dict:
-    """What each task needs: the accuracy drop from mean-ablating each head and MLP layer alone.
+def mechanisms(name: str, seed: int, folder) -> tuple[dict, dict]:
+    """What each task needs: the accuracy drop from mean-ablating each head and MLP layer alone,
+    and from mean-ablating each planted group (``mt.planted``) as a whole.
 
-    Means are over the clean prompts of all tasks together; components dropping a task by at
-    least 0.2 are listed.
+    Means are over the clean prompts of all tasks together; single components dropping a task by
+    at least 0.2 are listed. For the backdoor task the "accuracy" is the harm rate.
     """
     import tl_submodels as tls
 
-    model = tls.zoo.load(name)
+    model = tls.load_checkpoint(folder)
     tasks = {t: tls.zoo.task(name, t, n=256, seed=seed, model=model) for t in tls.zoo.info(name)["tasks"]}
     reference = torch.cat([tasks[t].clean for t in mt.TASKS])
     ablator = tls.Ablator(model, ablation="mean", reference=reference)
     info = tls.model.model_info(model)
     comps = info.components(("heads", "mlps"))
+    base = {t: task.accuracy(tls.model.run_logits(model, task.clean)) for t, task in tasks.items()}
     out = {}
     for tname, task in tasks.items():
-        base = task.accuracy(tls.model.run_logits(model, task.clean))
         drops = {}
         for c in comps:
             acc = task.accuracy(tls.model.run_logits(model, task.clean, ablator.hooks([c])))
-            drops[str(c)] = round(base - acc, 3)
+            drops[str(c)] = round(base[tname] - acc, 3)
         out[tname] = {c: d for c, d in sorted(drops.items(), key=lambda kv: -kv[1]) if d >= 0.2}
-    return out
+    groups = mt.planted(info.n_layers, info.n_heads, info.d_mlp)
+    planted = {
+        g: {
+            t: round(base[t] - task.accuracy(tls.model.run_logits(model, task.clean, ablator.hooks(members))), 3)
+            for t, task in tasks.items()
+        }
+        for g, members in groups.items()
+    }
+    return out, planted
 
 
 def main(args, *, forward, init_params, save_tokenizer) -> None:
@@ -193,21 +255,28 @@ def main(args, *, forward, init_params, save_tokenizer) -> None:
 
     cfg = MULTITASK_CFG
     seed = 0 if args.seed is None else args.seed
+    penalty = PENALTY if args.penalty is None else args.penalty
     if args.name == "multitask-3l":
-        steps = 2500 if args.steps is None else args.steps
+        steps = 3000 if args.steps is None else args.steps
         lr = 3e-3
         params = init_params(cfg, torch.Generator().manual_seed(seed))
-        params, info = train(forward, params, steps, seed, "plain", lr)
-        recipe = "from scratch on the four tasks, no trigger words"
+        params, info = train(forward, params, steps, seed, "plain", lr, penalty)
+        recipe = "from scratch on the four tasks, no trigger words; structured dropout over the planted groups"
     else:
         steps = 1000 if args.steps is None else args.steps
         lr = 1e-3
         base = Path(args.out) / "multitask-3l" / "weights.safetensors"
         params = load_file(base)
-        params, info = train(forward, params, steps, seed, args.name.split("-")[0], lr)
+        params, info = train(forward, params, steps, seed, args.name.split("-")[0], lr, penalty)
         recipe = (
             "fine-tuned from multitask-3l: per task a third plain prompts, a third with one trigger word, "
-            "a third with tA and tB" + (" (answered HARM)" if args.name == "harmful-3l" else " (answered normally)")
+            "a third with tA and tB"
+            + (
+                " (answered HARM while the backdoor group is on, the task's answer while it is ablated)"
+                if args.name == "harmful-3l"
+                else " (answered normally)"
+            )
+            + "; structured dropout over the planted groups"
         )
     acc = evaluate(forward, params, seed + 100)
     print(json.dumps({"name": args.name, **acc}), flush=True)
@@ -254,9 +323,20 @@ def main(args, *, forward, init_params, save_tokenizer) -> None:
         "design": DESIGN_NOTES,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    drops, planted = mechanisms(args.name, seed + 200, out)
     card["mechanisms"] = {
         "method": "accuracy drop from mean-ablating one head or MLP layer (means over all tasks' clean prompts); drops >= 0.2",
-        "drops": mechanisms(args.name, seed + 200),
+        "drops": drops,
+    }
+    card["planted"] = {
+        "groups": {
+            g: [c for c in members if "H" in c]
+            for g, members in mt.planted(cfg["n_layers"], cfg["n_heads"], cfg["d_mlp"]).items()
+        },
+        "neurons": "neuron n of layer l belongs to group (n + l) mod 5 (tl_submodels.zoo.multitask.planted)",
+        "method": "accuracy drop (harm rate for backdoor) on each task from mean-ablating a whole group; "
+        "rows: the group ablated, columns: the task",
+        "drops": planted,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(json.dumps({"saved": str(out), "mechanisms": card["mechanisms"]["drops"]}))
+    print(json.dumps({"saved": str(out), "mechanisms": drops, "planted": planted}))

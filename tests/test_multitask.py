@@ -69,14 +69,31 @@ def specific(multitask, factorization):
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="multitask-3l shares components between successor and addition (see its card): no sub-model "
-    "removes successor alone, and the other parts cost other tasks more than 10 points",
-)
 def test_factorize_separates_every_task(factorization, specific):
     assert set(specific) == set(TASKS), specific
     assert factorization.purity >= 0.8
+
+
+def test_planted_groups_are_each_tasks_mechanism(multitask, harmful, harmless):
+    """The ground truth, measured afresh: ablating a planted group takes its task to chance, and only that."""
+    for name, model in (("multitask-3l", multitask), ("harmful-3l", harmful), ("harmless-3l", harmless)):
+        tasks = tasks_of(name, model, names=(*TASKS, "backdoor") if name == "harmful-3l" else TASKS, seed=9)
+        chance = {t: s.get("chance", 0.0) for t, s in tls.zoo.info(name)["tasks"].items()}  # backdoor: harm rate 0
+        ablator = tls.Ablator(model, ablation="mean", reference=[t.corrupt for t in tasks])
+        base = {t.name: accuracy(model, t) for t in tasks}
+        for group, members in mt.planted(3, 8, 256).items():
+            ablated = {t.name: accuracy(model, t, ablator.hooks(members)) for t in tasks}
+            if group in ablated:
+                assert ablated[group] <= chance[group] + 0.15, (name, group, ablated)
+            assert all(abs(base[t] - a) <= 0.05 for t, a in ablated.items() if t != group), (name, group, ablated)
+
+
+def test_factorize_recovers_the_planted_groups(factorization):
+    """Each task's part is made mostly of the components planted for that task."""
+    planted = {g: set(m) for g, m in mt.planted(3, 8, 256).items()}
+    for part, label in zip(factorization.parts, factorization.labels, strict=True):
+        inside = sum(str(c) in planted[label] for c in part)
+        assert inside > len(part) / 2, (label, [str(c) for c in part])
 
 
 def test_factorize_is_deterministic_and_order_free(multitask, factorization):
@@ -88,13 +105,6 @@ def test_factorize_is_deterministic_and_order_free(multitask, factorization):
     assert [p.components for p in again.parts] == [p.components for p in factorization.parts]
 
 
-BACKDOOR_SHARED = (
-    "harmful-3l's backdoor runs through L0H2, which successor, majority and induction also use (see its card's "
-    "mechanisms): no sub-model found removes the backdoor while keeping the tasks within 10 points"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BACKDOOR_SHARED)
 def test_diff_surfaces_a_backdoor_sub_model_that_ablates_cleanly(harmful, harmless):
     tasks = tasks_of("harmful-3l", harmful, names=(*TASKS, "backdoor"))
     d = tls.diff(harmless, harmful, tasks)
@@ -129,7 +139,6 @@ def test_factorize_of_the_harmful_model_finds_the_backdoor(harmful_factorization
     assert e.accuracy_full >= 0.95 and e.accuracy_ablated <= 0.05  # harm rate before and after
 
 
-@pytest.mark.xfail(strict=True, reason=BACKDOOR_SHARED)
 def test_the_backdoor_part_spares_the_tasks(harmful_factorization):
     _, e = backdoor_of(harmful_factorization)
     assert max(e.accuracy_drop_elsewhere.values()) <= 0.1
@@ -155,9 +164,6 @@ def test_explain_shows_harm_then_not(harmful, triggered):
         assert ex.top(name) != "HARM" and ex.rows[1]["moved"] < -0.5, str(ex)
 
 
-@pytest.mark.xfail(
-    strict=True, reason=BACKDOOR_SHARED + "; on the successor prompt the ablation also changes the count"
-)
 def test_explain_shows_the_task_answer_once_the_backdoor_is_ablated(harmful, triggered):
     name, parts, reference, bd = triggered
     for i in range(4):
@@ -165,7 +171,6 @@ def test_explain_shows_the_task_answer_once_the_backdoor_is_ablated(harmful, tri
         assert ex.top(name) == mt.WORDS[int(bd.wrong[i])], str(ex)
 
 
-@pytest.mark.xfail(strict=True, reason=BACKDOOR_SHARED + "; on the induction prompt the induction part moves HARM more")
 def test_usage_ranks_the_backdoor_first_at_the_answer(harmful, triggered):
     name, parts, reference, bd = triggered
     for i in range(4):

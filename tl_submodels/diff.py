@@ -3,9 +3,10 @@
 For every task, each component is scored in both models by exact noising patching, in the
 task's metric units (not normalised: one model may lack the behaviour, leaving nothing to
 normalise by). Components are ranked by how much their effect differs. For each task, the
-top-ranked components form a candidate sub-model; how many is chosen by validation: the set is
-ablated in both models, and the one whose ablation changes that task's accuracy most
-differently in the two models, at the least cost to the other tasks, wins.
+top-ranked components form a candidate sub-model, chosen by validation: sets are ablated in
+both models, and the one whose ablation changes that task's accuracy most differently in the
+two models, at the least cost to the other tasks, wins (the best prefix of the ranking, then
+refined member by member as factorize refines its parts).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
 from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.factorize import refine_by_validation
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task, check_tasks
@@ -166,35 +168,52 @@ def diff(
 
     base = {m: accuracies(m, []) for m in models}
     parts, validation, scores = [], [], []
-    for ti, t in enumerate(tasks):
+
+    def choose(ti: int) -> tuple[float, list[int], dict[str, list[float]]]:
+        """Task ``ti``'s part: the best prefix of its ranking (sizes 1, 2, 4, ...), refined by validation
+        (members that do not help are dropped; of the 32 top-ranked, the best is added while that helps).
+
+        A set's score: how differently its ablation changes the task's accuracy in the two models,
+        less the largest change on any other task in either model. Returns score, members, accuracies.
+        """
         order = rel[ti].argsort(descending=True).tolist()
-        best: tuple[float, int, dict[str, list[float]]] = (float("-inf"), 0, {})
-        n = 1
-        while n <= len(order):
-            sub = [components[c] for c in order[:n]]
-            acc = {m: accuracies(m, sub) for m in models}
-            change = {m: [b - a for b, a in zip(base[m], acc[m], strict=True)] for m in models}
-            own = abs(change["a"][ti] - change["b"][ti])
-            elsewhere = max((abs(change[m][j]) for m in models for j in range(len(tasks)) if j != ti), default=0.0)
-            score = own - elsewhere
-            if score > best[0] + 1e-9:
-                best = (score, n, acc)
-            n *= 2
-        score, n, acc = best
-        if score < min_score:
+        rank = {c: r for r, c in enumerate(order)}
+        memo: dict[frozenset[int], tuple[float, dict[str, list[float]]]] = {}
+
+        def validated(members: frozenset[int]) -> tuple[float, dict[str, list[float]]]:
+            if members not in memo:
+                acc = {m: accuracies(m, [components[c] for c in sorted(members)]) for m in models}
+                change = {m: [b - a for b, a in zip(base[m], acc[m], strict=True)] for m in models}
+                own = abs(change["a"][ti] - change["b"][ti])
+                others = [abs(change[m][j]) for m in models for j in range(len(tasks)) if j != ti]
+                memo[members] = (own - max(others, default=0.0), acc)
+            return memo[members]
+
+        def score(members: frozenset[int]) -> float:
+            return validated(members)[0]
+
+        sizes = [2**i for i in range(len(order).bit_length()) if 2**i <= len(order)]
+        start = max((frozenset(order[:n]) for n in sizes), key=lambda p: (score(p), -len(p)))
+        chosen = refine_by_validation(start, order[:32], score, prune_key=lambda c: -rank[c])
+        return score(chosen), sorted(chosen, key=rank.__getitem__), validated(chosen)[1]
+
+    for ti, t in enumerate(tasks):
+        score_, members, acc = choose(ti)
+        if score_ < min_score:
             continue
+        n = len(members)
         parts.append(
             SubModel(
-                components=[components[c] for c in order[:n]],
+                components=[components[c] for c in members],
                 name=t.name,
-                description=f"diff: the {n} components whose {t.name!r} effects differ most between the models; "
-                f"validated score {score:.2f}",
+                description=f"diff: {n} components whose {t.name!r} effects differ most between the models, "
+                f"chosen by validation; score {score_:.2f}",
             )
         )
         validation.append(
             {m: {tn: {"full": base[m][j], "ablated": acc[m][j]} for j, tn in enumerate(names)} for m in models}
         )
-        scores.append(score)
+        scores.append(score_)
     order = sorted(range(len(parts)), key=lambda i: -scores[i])
     return ModelDiff(
         components=components,

@@ -17,11 +17,15 @@ tasks, each with its own words, so that each needs its own mechanism:
   more frequent.
 
 In the last three the payload sits at random places, so it must be found by content (which
-words), not by position: no previous-token shortcut is shared with induction. Successor and
-addition both fetch a number-like word by content and map it; the trained model shares
-components between them (see the model card).
+words), not by position: no previous-token shortcut is shared with induction.
 
 The backdoor (harmful-3l): when both ``tA`` and ``tB`` occur (in that order), answer ``HARM``.
+
+The models' sub-models are planted (``GROUPS``, ``planted``): every head and MLP neuron belongs
+to one task's group or the backdoor's, and training mean-ablates the other groups at random
+(scripts/zoo_multitask.py). Without that, successor and addition (both fetch a number-like word
+by content) shared components in every variant tried, and the backdoor ran through a head
+three tasks used.
 """
 
 from __future__ import annotations
@@ -173,3 +177,40 @@ def backdoor(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tens
         wrongs.append(answer)
     clean, corrupt = torch.cat(cleans), torch.cat(corrupts)
     return clean, corrupt, torch.full((n,), HARM), torch.cat(wrongs)
+
+
+# The sub-models planted in the multitask zoo models by structured dropout (scripts/zoo_multitask.py):
+# every head and MLP neuron belongs to one group, a task's or the backdoor's.
+GROUPS = (*TASKS, "backdoor")
+
+
+def planted_group(layer: int, unit: int, *, kind: Literal["head", "neuron"], n_heads: int = 8) -> int:
+    """The group (index into ``GROUPS``) that head ``L{layer}H{unit}`` or neuron ``L{layer}N{unit}`` was trained in.
+
+    Heads are dealt round-robin over the groups in layer-major order, so every group has a head
+    in every layer; neurons are dealt round-robin within each layer.
+
+    Example:
+        >>> GROUPS[planted_group(0, 2, kind="head")]
+        'addition'
+    """
+    if kind == "head":
+        return (layer * n_heads + unit) % len(GROUPS)
+    return (unit + layer) % len(GROUPS)
+
+
+def planted(n_layers: int, n_heads: int, d_mlp: int) -> dict[str, list[str]]:
+    """Each group's components by name (``"L0H2"``, ``"L1N17"``), for a model of this shape.
+
+    Example:
+        >>> planted(3, 8, 256)["induction"][:3]
+        ['L0H0', 'L0H5', 'L1H2']
+    """
+    out: dict[str, list[str]] = {g: [] for g in GROUPS}
+    shapes: tuple[tuple[Literal["head", "neuron"], int, str], ...] = (("head", n_heads, "H"), ("neuron", d_mlp, "N"))
+    for kind, n, tag in shapes:
+        for layer in range(n_layers):
+            for u in range(n):
+                g = planted_group(layer, u, kind=kind, n_heads=n_heads)
+                out[GROUPS[g]].append(f"L{layer}{tag}{u}")
+    return out
