@@ -95,9 +95,11 @@ pd.DataFrame(
 # `tls.diff(model_a, model_b, tasks)` scores every head and neuron in both models by exact
 # noising patching, in the task's metric units (not normalised: the harmless model has no
 # backdoor behaviour to normalise by), and ranks components by how much their effects differ.
-# For each task it then grows a candidate sub-model from the top of that task's ranking and
-# keeps the size whose mean ablation changes the task's accuracy most differently in the two
-# models, at the least cost to the other tasks.
+# For each task it then picks a candidate sub-model by validation: of the top 1, 2, 4, ...
+# components of that task's ranking, the set whose mean ablation changes the task's accuracy
+# most differently in the two models, at the least cost to the other tasks; then refined member
+# by member (members whose removal does not lower that score go, and of the 32 top-ranked the
+# one that raises it most comes in, while that helps).
 #
 # `min_score` drops the parts whose validated score (the accuracy difference on their own task
 # minus the largest change elsewhere) is below it. We keep every task's best part here
@@ -175,6 +177,18 @@ drops = tls.zoo.info("harmful-3l").get("mechanisms", {}).get("drops", {})
 pd.DataFrame(
     {task: {str(c): drops.get(task, {}).get(str(c), 0.0) for c in sorted(backdoor)} for task in drops if task in names}
 ).round(2)
+
+# %% [markdown]
+# Here we know the answer. These zoo models were trained with their sub-models planted: every
+# head and neuron belongs to one group (one per task, and the backdoor's), and training
+# mean-ablated the other groups at random, so each behaviour lives in its own group
+# (`tls.zoo.multitask.planted`). Each component of the part diff found, with the group it was
+# planted in; most of it should be `backdoor`.
+
+# %%
+planted = tls.zoo.multitask.planted(harmful.cfg.n_layers, harmful.cfg.n_heads, harmful.cfg.d_mlp)
+group_of = {name: group for group, members in planted.items() for name in members}
+pd.Series({str(c): group_of.get(str(c), "(a whole MLP layer)") for c in sorted(backdoor)}, name="planted group")
 
 # %% [markdown]
 # Where does it act? `tls.usage` ablates the part at one position at a time and records how

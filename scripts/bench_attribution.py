@@ -224,13 +224,15 @@ class NoMethodArgument(Exception):
 
 
 @contextmanager
-def scoring_timer() -> Iterator[dict[str, float]]:
-    """Seconds find_circuit spends inside attribute() and patch() (the ranking), by wrapping the names it calls.
+def scoring_timer(module: Any = discovery) -> Iterator[dict[str, float]]:
+    """Seconds the functions of ``module`` spend inside attribute() and patch() (the scoring), by wrapping
+    the names it calls.
 
-    The rest of a find_circuit call is the search: ablated forwards while growing and pruning.
+    For discovery, the rest of a find_circuit call is the search: ablated forwards while growing and
+    pruning; for factorize, the factorisation and the validation of its parts.
     """
     spent = {"attribute": 0.0, "patch": 0.0, "patch_calls": 0}
-    saved = {name: getattr(discovery, name) for name in ("attribute", "patch") if hasattr(discovery, name)}
+    saved = {name: getattr(module, name) for name in ("attribute", "patch") if hasattr(module, name)}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -245,12 +247,12 @@ def scoring_timer() -> Iterator[dict[str, float]]:
         return timed
 
     for name, fn in saved.items():
-        setattr(discovery, name, wrap(name, fn))
+        setattr(module, name, wrap(name, fn))
     try:
         yield spent
     finally:
         for name, fn in saved.items():
-            setattr(discovery, name, fn)
+            setattr(module, name, fn)
 
 
 def circuit_run(model: Any, task: tls.Task, method: CircuitMethod) -> tuple[dict[str, Any], tls.SubModel | None]:
