@@ -109,3 +109,16 @@ def assert_same_weights(model, snapshot) -> None:
     assert now.keys() == snapshot.keys()
     for k, v in snapshot.items():
         assert torch.equal(now[k], v), k
+
+
+@pytest.fixture(scope="session")
+def zoo_model():
+    """``zoo_model(name)``: a zoo model, loaded once per session."""
+    loaded: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in loaded:
+            loaded[name] = tls.zoo.load(name)
+        return loaded[name]
+
+    return get

@@ -108,6 +108,45 @@ def test_ig_ranks_like_exact_patching(which, request):
         assert rho_ig >= 0.8, (kind, rho_ig, rho_atp)
 
 
+# Every task of every zoo model. On the addition tasks IG's ranking of the components whose own
+# effect is tiny does not follow exact patching (measured with 32 prompts: Spearman 0.66 on
+# multitask-3l, 0.75 on harmful-3l, 0.70 on harmless-3l; heads alone 0.63-0.80) although the few
+# that matter are close (the top three heads of multitask-3l: IG 0.43, 0.43, 0.12 of the gap,
+# exact 0.44, 0.56, 0.12). IG moves every component of a layer together from corrupt to
+# clean, so each component's score is its share of the whole layer's patch, interactions
+# included; exact patching moves one alone. 701 of the 768 neurons and 18 of the 24 heads have
+# exact effects below 0.1% of the gap on addition (the mod-13 sum is computed jointly), and there
+# those interaction shares decide the ranking. Kept as strict xfails, not a lower threshold.
+ZOO_TASKS = [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
+IG_RANKS_APART = {("multitask-3l", "addition"), ("harmful-3l", "addition"), ("harmless-3l", "addition")}
+
+
+@pytest.mark.parametrize(
+    ("name", "task_name"),
+    [
+        pytest.param(
+            *pair,
+            marks=pytest.mark.xfail(pair in IG_RANKS_APART, strict=True, reason="interaction-dominated (see above)"),
+        )
+        for pair in ZOO_TASKS
+    ],
+)
+def test_ig_ranks_like_exact_patching_on_every_zoo_task(name, task_name, zoo_model):
+    """Spearman correlation of IG (16 steps) with exact patching over all heads and neurons together."""
+    model = zoo_model(name)
+    task = tls.zoo.task(name, task_name, n=32, seed=0, model=model)
+    kinds = ("heads", "neurons") if tlmodel.model_info(model).has_mlps else ("heads",)
+    exact = tls.patch(model, task, kinds=kinds)
+    ig = tls.attribute(model, task, method="ig", kinds=kinds, steps=16)
+    atp = tls.attribute(model, task, method="atp", kinds=kinds)
+
+    def flat(scores: tls.Scores) -> torch.Tensor:
+        return torch.cat([getattr(scores, kind).flatten() for kind in kinds])
+
+    rho_ig, rho_atp = spearman(flat(exact), flat(ig)), spearman(flat(exact), flat(atp))
+    assert rho_ig >= 0.8, f"{name} {task_name}: Spearman with exact patching: IG {rho_ig:.3f}, atp {rho_atp:.3f}"
+
+
 def test_batching_and_chunks_agree(mlp_model, mlp_task):
     a = tls.attribute(mlp_model, mlp_task, method="atp", kinds=("heads", "neurons"))
     b = tls.attribute(mlp_model, mlp_task, method="atp", kinds=("heads", "neurons"), batch_size=2)

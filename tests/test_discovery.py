@@ -100,6 +100,16 @@ def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
         assert set(truth["previous_token_heads"]) | set(truth["induction_heads"]) <= {str(c) for c in fast}
 
 
+@pytest.mark.parametrize("task_name", ["induction", "successor", "addition", "majority"])
+def test_attribution_plus_exact_is_as_faithful_as_exact_on_multitask(task_name, zoo_model):
+    model = zoo_model("multitask-3l")
+    task = tls.zoo.task("multitask-3l", task_name, n=32, seed=0, model=model)
+    exact = tls.find_circuit(model, task, target=0.9, method="exact")
+    fast = tls.find_circuit(model, task, target=0.9, method="attribution+exact")
+    ev_exact, ev_fast = tls.evaluate(model, exact, task), tls.evaluate(model, fast, task)
+    assert ev_fast.faithfulness >= 0.9 and ev_exact.faithfulness >= 0.9, (ev_fast.faithfulness, ev_exact.faithfulness)
+
+
 class _CountedBlocks:
     """Wraps the blocks' class ``forward`` to count the runs of the first and the last block; ``remove()``
     puts it back. Not with hooks: any hook on the model turns the shortcuts off (tl_submodels.model.has_hooks)."""
