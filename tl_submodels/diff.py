@@ -192,7 +192,7 @@ def diff(
         def score(members: frozenset[int]) -> float:
             return validated(members)[0]
 
-        sizes = [2**i for i in range(len(order).bit_length()) if 2**i <= len(order)]
+        sizes = [2**i for i in range(len(order).bit_length())]  # 1, 2, 4, ... up to len(order)
         start = max((frozenset(order[:n]) for n in sizes), key=lambda p: (score(p), -len(p)))
         chosen = refine_by_validation(start, order[:32], score, prune_key=lambda c: -rank[c])
         return score(chosen), sorted(chosen, key=rank.__getitem__), validated(chosen)[1]
