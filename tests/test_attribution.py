@@ -75,8 +75,11 @@ def test_atp_is_exact_on_a_linear_model(direction):
     with model.hooks(fwd_hooks=hooks):
         exact = tls.patch(model, task, kinds="heads", direction=direction, per_position=True)
         atp = tls.attribute(model, task, method="atp", kinds="heads", direction=direction, per_position=True)
+        ig = tls.attribute(model, task, method="ig", kinds="heads", direction=direction, per_position=True, steps=3)
     torch.testing.assert_close(atp.heads, exact.heads, atol=1e-4, rtol=0)
     torch.testing.assert_close(atp.raw_heads, exact.raw_heads, atol=1e-4, rtol=0)
+    # Linear in every head, so no interactions: IG equals exact patching per component at any number of steps.
+    torch.testing.assert_close(ig.heads, exact.heads, atol=1e-4, rtol=0)
 
 
 def test_ig_completeness_improves_with_steps(induction_model, induction_task):
@@ -108,6 +111,47 @@ def test_ig_ranks_like_exact_patching(which, request):
         assert rho_ig >= 0.8, (kind, rho_ig, rho_atp)
 
 
+def site_patch_effects(model, task) -> list[float]:
+    """Exact effect on the metric of patching each whole site (every head of a layer's hook_z, every
+    neuron of a layer's mlp.hook_post) from clean into corrupt, with plain TransformerLens hooks."""
+    info = tlmodel.model_info(model)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(info.n_layers)]
+    if info.has_mlps:
+        names += [f"blocks.{layer}.mlp.hook_post" for layer in range(info.n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean, names_filter=lambda n: n in names)
+        base = float(task.metric(model(task.corrupt)))
+        effects = []
+        for n in names:
+            patched = model.run_with_hooks(task.corrupt, fwd_hooks=[(n, lambda act, hook, n=n: clean[n])])
+            effects.append(float(task.metric(patched)) - base)
+        return effects
+
+
+@pytest.mark.parametrize(
+    ("name", "task_name"), [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
+)
+def test_ig_converges_to_exact_site_patching_on_every_zoo_task(name, task_name, zoo_model):
+    """More IG steps bring every site's summed scores monotonically closer to exact patching of that site.
+
+    This is the exact patching IG integrates: it moves all components of a site together, so it
+    converges to the site's patch (completeness), not to each component patched alone (see below).
+    """
+    model = zoo_model(name)
+    task = tls.zoo.task(name, task_name, n=32, seed=0, model=model)
+    info = tlmodel.model_info(model)
+    kinds = ("heads", "neurons") if info.has_mlps else ("heads",)
+    target = torch.tensor(site_patch_effects(model, task))
+    errors = []
+    for steps in (1, 2, 4, 8, 16):
+        ig = tls.attribute(model, task, method="ig", kinds=kinds, steps=steps)
+        gap = ig.clean_metric - ig.corrupt_metric
+        sums = torch.cat([getattr(ig, kind).flatten(1).sum(1) for kind in kinds]) * gap
+        errors.append(float((sums - target).abs().sum() / abs(gap)))
+    assert errors == sorted(errors, reverse=True), f"{name} {task_name}: L1 error / gap by steps {errors}"
+    assert errors[-1] < 0.02, f"{name} {task_name}: L1 error / gap by steps {errors}"
+
+
 # Every task of every zoo model. On the addition tasks IG's ranking of the components whose own
 # effect is tiny does not follow exact patching (measured with 32 prompts: Spearman 0.66 on
 # multitask-3l, 0.75 on harmful-3l, 0.70 on harmless-3l; heads alone 0.63-0.80) although the few
@@ -116,7 +160,10 @@ def test_ig_ranks_like_exact_patching(which, request):
 # clean, so each component's score is its share of the whole layer's patch, interactions
 # included; exact patching moves one alone. 701 of the 768 neurons and 18 of the 24 heads have
 # exact effects below 0.1% of the gap on addition (the mod-13 sum is computed jointly), and there
-# those interaction shares decide the ranking. Kept as strict xfails, not a lower threshold.
+# those interaction shares decide the ranking. It is not prompt noise alone: on multitask-3l
+# addition with 512 prompts, exact patching agrees with itself on other prompts at 0.84 (0.42 with
+# 32), while IG against exact stays at 0.67-0.70 and atp reaches 0.92. IG does converge, monotonically,
+# to exact patching of each whole site (test above). Kept as strict xfails, not a lower threshold.
 ZOO_TASKS = [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
 IG_RANKS_APART = {("multitask-3l", "addition"), ("harmful-3l", "addition"), ("harmless-3l", "addition")}
 
