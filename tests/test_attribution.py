@@ -111,6 +111,9 @@ def test_ig_ranks_like_exact_patching(which, request):
         assert rho_ig >= 0.8, (kind, rho_ig, rho_atp)
 
 
+ZOO_TASKS = [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
+
+
 def site_patch_effects(model, task) -> list[float]:
     """Exact effect on the metric of patching each whole site (every head of a layer's hook_z, every
     neuron of a layer's mlp.hook_post) from clean into corrupt, with plain TransformerLens hooks."""
@@ -128,9 +131,7 @@ def site_patch_effects(model, task) -> list[float]:
         return effects
 
 
-@pytest.mark.parametrize(
-    ("name", "task_name"), [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
-)
+@pytest.mark.parametrize(("name", "task_name"), ZOO_TASKS)
 def test_ig_converges_to_exact_site_patching_on_every_zoo_task(name, task_name, zoo_model):
     """More IG steps bring every site's summed scores monotonically closer to exact patching of that site.
 
@@ -164,7 +165,6 @@ def test_ig_converges_to_exact_site_patching_on_every_zoo_task(name, task_name, 
 # addition with 512 prompts, exact patching agrees with itself on other prompts at 0.84 (0.42 with
 # 32), while IG against exact stays at 0.67-0.70 and atp reaches 0.92. IG does converge, monotonically,
 # to exact patching of each whole site (test above). Kept as strict xfails, not a lower threshold.
-ZOO_TASKS = [(name, task) for name in tls.zoo.list() for task in tls.zoo.info(name)["tasks"]]
 IG_RANKS_APART = {("multitask-3l", "addition"), ("harmful-3l", "addition"), ("harmless-3l", "addition")}
 
 
