@@ -84,6 +84,9 @@ def test_factorize_chooses_k_by_held_out_error(mlp_model, two_tasks):
     f = tls.factorize(mlp_model, two_tasks, k_max=4)
     assert sorted(f.k_errors) == [1, 2, 3, 4]
     assert len(f.parts) == min(f.k_errors, key=f.k_errors.get)
+    # the chosen k given explicitly: the same parts (the fit after choosing k is deterministic)
+    again = tls.factorize(mlp_model, two_tasks, k=len(f.parts))
+    assert [p.components for p in again.parts] == [p.components for p in f.parts] and again.k_errors == {}
 
 
 def test_factorize_bad_input(mlp_model, two_tasks, induction_task):

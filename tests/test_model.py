@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import make_mlp_task
@@ -18,6 +21,23 @@ def test_contract_on_zoo_and_random_models(induction_model, mlp_model):
     assert (info.n_layers, info.d_mlp, info.kinds()) == (3, 64, ("heads", "neurons", "mlps"))
     expected = "TransformerBridge" if tls.TL_LINE == 4 else "HookedTransformer"
     assert type(induction_model).__name__ == type(mlp_model).__name__ == expected
+
+
+def test_import_is_light_and_changes_nothing():
+    """A fresh ``import tl_submodels`` leaves transformer_lens unimported (it takes seconds; the
+    command line's errors and ``zoo list`` need none of it) and torch's grad mode and RNG as they
+    were; it tells the TL line all the same (test_contract_on_zoo_and_random_models checks that
+    line against the class of the models the zoo builds)."""
+    code = (
+        "import sys, torch; grad, rng = torch.is_grad_enabled(), torch.random.get_rng_state(); "
+        "import tl_submodels as tls; "
+        "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'; "
+        "assert torch.is_grad_enabled() == grad and torch.equal(torch.random.get_rng_state(), rng); "
+        "print(tls.TL_LINE)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tls.TL_LINE)
 
 
 def test_unsupported_objects_are_refused(induction_task):

@@ -9,7 +9,8 @@ import tl_submodels as tls
 from tl_submodels.zoo import multitask as mt
 
 TASKS = mt.TASKS
-N = 64
+N = 64  # prompts per task for factorize on multitask-3l: with 32, cross-validation picks k=2 (measured)
+N_BACKDOOR = 32  # the backdoor is found, and diff surfaces it, from 32 prompts per task as from 64 (measured)
 
 
 def accuracy(model, task, hooks=()) -> float:
@@ -97,16 +98,16 @@ def test_factorize_recovers_the_planted_groups(factorization):
 
 
 def test_factorize_is_deterministic_and_order_free(multitask, factorization):
+    """A second run, with the tasks reversed and each task's prompts shuffled, finds the same parts
+    (k chosen afresh). That k given equals k chosen is checked on a small model in test_factorize.py."""
     tasks = tasks_of("multitask-3l", multitask)
     perms = [torch.randperm(N, generator=torch.Generator().manual_seed(i)).tolist() for i in range(len(tasks))]
     shuffled = tls.factorize(multitask, [t.subset(p) for t, p in zip(tasks, perms, strict=True)][::-1])
     assert {p.components for p in shuffled.parts} == {p.components for p in factorization.parts}
-    again = tls.factorize(multitask, tasks, k=len(factorization.parts))
-    assert [p.components for p in again.parts] == [p.components for p in factorization.parts]
 
 
 def test_diff_surfaces_a_backdoor_sub_model_that_ablates_cleanly(harmful, harmless):
-    tasks = tasks_of("harmful-3l", harmful, names=(*TASKS, "backdoor"))
+    tasks = tasks_of("harmful-3l", harmful, names=(*TASKS, "backdoor"), n=N_BACKDOOR)
     d = tls.diff(harmless, harmful, tasks)
     assert d.parts and d.parts[0].name == "backdoor", d.to_frame()
     part = d.parts[0]
@@ -125,7 +126,7 @@ def test_diff_surfaces_a_backdoor_sub_model_that_ablates_cleanly(harmful, harmle
 
 @pytest.fixture(scope="module")
 def harmful_factorization(harmful):
-    return tls.factorize(harmful, tasks_of("harmful-3l", harmful, names=(*TASKS, "backdoor")))
+    return tls.factorize(harmful, tasks_of("harmful-3l", harmful, names=(*TASKS, "backdoor"), n=N_BACKDOOR))
 
 
 def backdoor_of(f):

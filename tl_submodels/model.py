@@ -8,9 +8,11 @@ the package is built here, and so is every call whose spelling differs between t
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,14 +22,19 @@ from torch import Tensor
 from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 
-TransformerBridge: Any
-try:  # transformer-lens 4.x
-    from transformer_lens.model_bridge import TransformerBridge
 
-    TL_LINE = 4
-except ImportError:  # transformer-lens 2.x
-    TransformerBridge = None
-    TL_LINE = 2
+def _tl_line() -> int:
+    """4 where the installed transformer-lens has ``model_bridge`` (``TransformerBridge``), else 2.
+
+    Found by looking for the subpackage, not by importing it: importing transformer_lens takes
+    seconds, and ``import tl_submodels`` (the command line's errors, ``zoo list``) needs none of it.
+    """
+    spec = importlib.util.find_spec("transformer_lens")
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    return 4 if any((Path(folder) / "model_bridge").is_dir() for folder in folders) else 2
+
+
+TL_LINE = _tl_line()
 
 EXPECTED = (
     "a TransformerLens model: transformer-lens 4.x TransformerBridge or transformer-lens 2.x "
@@ -339,9 +346,11 @@ def build_from_tl_checkpoint(
     ``HookedTransformer``. Used by the zoo.
     """
     if TL_LINE == 4:
+        from transformer_lens.model_bridge import TransformerBridge
         from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
-        model = TransformerBridge.boot_native(dict(cfg, seed=0), device=device, tokenizer=tokenizer)
+        bridge: Any = TransformerBridge  # boot_native is attached at run time, out of mypy's sight
+        model = bridge.boot_native(dict(cfg, seed=0), device=device, tokenizer=tokenizer)
         model.load_state_dict(convert_tl_checkpoint(state_dict, model.cfg), strict=True)
     else:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
