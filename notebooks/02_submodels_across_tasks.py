@@ -108,8 +108,9 @@ f.to_frame()
 # * `max_accuracy_drop_elsewhere`: the most accuracy any *other* task loses when the part is
 #   ablated. A specific part has a large `accuracy_drop` and a small drop elsewhere.
 #
-# `f.k_errors` holds the held-out error of each candidate `k`, `f.loadings` the factor loadings
-# of every component and `f.effects` the matrix that was factorised, for your own analysis.
+# `f.k_errors` holds the held-out error of each candidate `k` and `f.k_error_se` its standard
+# error (`k` is the smallest within one standard error of the least), `f.loadings` the factor
+# loadings of every component and `f.effects` the matrix that was factorised, for your own analysis.
 
 # %% [markdown]
 # ### Which prompts use which part

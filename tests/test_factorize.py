@@ -82,8 +82,10 @@ def test_factorize_structure_and_order_invariance(mlp_model, two_tasks):
 
 def test_factorize_chooses_k_by_held_out_error(mlp_model, two_tasks):
     f = tls.factorize(mlp_model, two_tasks, k_max=4)
-    assert sorted(f.k_errors) == [1, 2, 3, 4]
-    assert len(f.parts) == min(f.k_errors, key=f.k_errors.get)
+    assert sorted(f.k_errors) == sorted(f.k_error_se) == [1, 2, 3, 4]
+    # the one-standard-error rule: the smallest k within one standard error of the least error
+    best = min(f.k_errors, key=f.k_errors.get)
+    assert len(f.parts) == min(k for k, e in f.k_errors.items() if e <= f.k_errors[best] + f.k_error_se[best])
     # the chosen k given explicitly: the same parts (the fit after choosing k is deterministic)
     again = tls.factorize(mlp_model, two_tasks, k=len(f.parts))
     assert [p.components for p in again.parts] == [p.components for p in f.parts] and again.k_errors == {}

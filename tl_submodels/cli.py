@@ -281,7 +281,7 @@ def _factorize(args: argparse.Namespace) -> int:
             p.save(args.out / f"{p.name}.json")
     frame = f.to_frame()
     if args.json:
-        print(_dumps({"k": len(f.parts), "k_errors": f.k_errors, "purity": f.purity,
+        print(_dumps({"k": len(f.parts), "k_errors": f.k_errors, "k_error_se": f.k_error_se, "purity": f.purity,
                           "parts": frame.to_dict(orient="records")}, indent=2))  # fmt: skip
         return 0
     table = Table(
