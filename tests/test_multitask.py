@@ -9,7 +9,7 @@ import tl_submodels as tls
 from tl_submodels.zoo import multitask as mt
 
 TASKS = mt.TASKS
-N = 64  # prompts per task for factorize on multitask-3l: with 32, cross-validation picks k=2 (measured)
+N = 64  # prompts per task of the main factorization fixture (32 a task: its own test below)
 N_BACKDOOR = 32  # the backdoor is found, and diff surfaces it, from 32 prompts per task as from 64 (measured)
 
 
