@@ -26,7 +26,13 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=600)
+    """Wait for ``proc`` (killed after 10 minutes, as ``subprocess.run`` would)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
