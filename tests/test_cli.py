@@ -41,7 +41,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def assert_bad_input(cases: list[tuple[tuple[str, ...], str]]) -> None:
-    """Each command exits 2 with one line on stderr that names the problem (``needle``), no traceback.
+    """Each command exits 2 with one line on stderr, ``tl-submodels: error: ...`` naming the problem
+    (``needle``), and no traceback.
 
     The commands run side by side, one per core (at most 4): most of each one's time is Python
     importing torch, on one core.
@@ -53,7 +54,7 @@ def assert_bad_input(cases: list[tuple[tuple[str, ...], str]]) -> None:
         for (args, needle), done in zip(batch, results, strict=True):
             assert done.returncode == 2, (args, done.stderr)
             assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-            assert needle in done.stderr, (needle, done.stderr)
+            assert done.stderr.startswith("tl-submodels: error:") and needle in done.stderr, (needle, done.stderr)
 
 
 def test_discover_writes_a_valid_circuit(tmp_path, capsys):
