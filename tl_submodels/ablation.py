@@ -166,9 +166,7 @@ class Ablator:
         return [
             (
                 name,
-                _make_hook(
-                    kind, groups[(kind, layer)], self.ablation, ref_acts.get(name), self.per_position, self.seed
-                ),
+                _SiteHook(kind, groups[(kind, layer)], self.ablation, ref_acts.get(name), self.per_position, self.seed),
             )
             for name, (kind, layer) in names.items()
         ]
@@ -195,19 +193,28 @@ class Ablator:
         return {n: self._ref_acts[n] for n in names}
 
 
-def _make_hook(
-    kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int
-) -> HookFn:
-    """One hook for one site: replaces the listed units (at their positions) by the ablation value."""
-    all_pos_units = sorted({_unit(c) for c in comps if c.pos is None})
-    pos_units = sorted({(c.pos, _unit(c)) for c in comps if c.pos is not None})
-    n_ref = None if ref is None else ref.shape[0]
+class _SiteHook:
+    """The hook for one site: replaces the listed units (at their positions) by the ablation value.
 
-    def value_for(act: Tensor) -> Tensor:
+    A module-level class rather than a closure, so that a type-checking import hook (jaxtyping's in
+    the test suite) instruments it once at import, not once per hook built.
+    """
+
+    def __init__(
+        self, kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int
+    ) -> None:
+        self.kind, self.ablation, self.ref, self.per_position, self.seed = kind, ablation, ref, per_position, seed
+        self.all_pos_units = sorted({_unit(c) for c in comps if c.pos is None})
+        self.pos_units = sorted({(c.pos, _unit(c)) for c in comps if c.pos is not None})
+        self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    def value_for(self, act: Tensor) -> Tensor:
+        """What the ablated units become in this run (broadcastable against ``act``)."""
+        ref, ablation = self.ref, self.ablation
         batch, seq = act.shape[:2]
         if ablation == "zero" or ref is None:
             return act.new_zeros(())
-        if ablation == "mean" and not per_position:
+        if ablation == "mean" and not self.per_position:
             return ref.to(act.device, act.dtype)
         ref_len = ref.shape[0] if ablation == "mean" else ref.shape[1]
         if seq > ref_len:
@@ -219,8 +226,8 @@ def _make_hook(
         if ablation == "mean":
             return ref[:seq].to(act.device, act.dtype)
         if ablation == "resample":
-            gen = torch.Generator().manual_seed(seed)
-            rows = torch.randint(int(n_ref or 1), (batch,), generator=gen)
+            gen = torch.Generator().manual_seed(self.seed)
+            rows = torch.randint(int(ref.shape[0] or 1), (batch,), generator=gen)
             return ref[rows, :seq].to(act.device, act.dtype)
         if ref.shape[0] not in (1, batch):
             raise TLSubmodelsError(
@@ -228,24 +235,26 @@ def _make_hook(
             )
         return ref[:, :seq].to(act.device, act.dtype)
 
-    def hook(act: Tensor, hook: Any = None) -> Tensor:
-        seq = act.shape[1]
-        n_units = 1 if kind == "mlps" else act.shape[2]
-        mask = torch.zeros(seq, n_units, dtype=torch.bool, device=act.device)
-        if all_pos_units:
-            mask[:, all_pos_units] = True
-        for pos, unit in pos_units:
-            if pos < seq:
-                mask[pos, unit] = True
-        if kind == "heads":
-            m = mask[None, :, :, None]
-        elif kind == "neurons":
-            m = mask[None]
-        else:
-            m = mask[None, :, :]  # [1, seq, 1] over d_model
-        return torch.where(m, value_for(act), act)
+    def mask(self, seq: int, n_units: int, device: torch.device) -> Tensor:
+        """Which (position, unit) entries are ablated, shaped to broadcast against the site's activation."""
+        key = (seq, n_units, device)
+        if key not in self._masks:
+            # A normal tensor even when first built under inference mode (generation), so that a later
+            # run with gradients can use it.
+            with torch.inference_mode(False):
+                mask = torch.zeros(seq, n_units, dtype=torch.bool, device=device)
+                if self.all_pos_units:
+                    mask[:, self.all_pos_units] = True
+                for pos, unit in self.pos_units:
+                    if pos < seq:
+                        mask[pos, unit] = True
+            # heads: [1, seq, head, 1] over d_head; neurons: [1, seq, neuron]; mlps: [1, seq, 1] over d_model
+            self._masks[key] = mask[None, :, :, None] if self.kind == "heads" else mask[None]
+        return self._masks[key]
 
-    return hook
+    def __call__(self, act: Tensor, hook: Any = None) -> Tensor:
+        n_units = 1 if self.kind == "mlps" else act.shape[2]
+        return torch.where(self.mask(act.shape[1], n_units, act.device), self.value_for(act), act)
 
 
 def _unit(c: Component) -> int:
