@@ -10,6 +10,7 @@ from conftest import assert_same_weights, hook_count, make_mlp_task, weights_sna
 from transformer_lens import patching
 
 import tl_submodels as tls
+from tl_submodels import fastpath
 from tl_submodels import model as tlmodel
 from tl_submodels import patching as tlpatching
 
@@ -181,13 +182,13 @@ def test_per_example_effects(mlp_model, mlp_task):
 
 
 def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_task, monkeypatch):
-    real = tlmodel.standard_weights
+    real = fastpath.standard_weights
 
     def wrong(model):
         w = real(model)
         return dataclasses.replace(w, W_U=w.W_U * 1.01)  # a forward that is not the model's
 
-    monkeypatch.setattr(tlmodel, "standard_weights", wrong)
+    monkeypatch.setattr(fastpath, "standard_weights", wrong)
     with pytest.warns(UserWarning, match="patching through hooks instead"):
         s = tls.patch(mlp_model, mlp_task, kinds="heads")
     ref = tl_reference(mlp_model, mlp_task, patching.get_act_patch_attn_head_out_all_pos)

@@ -10,9 +10,10 @@ have no reading as "parts". Row ``i`` of ``W`` says how much prompt ``i`` uses e
 
 - **k** (the number of sub-models), when not given, is chosen by held-out-entry cross-validation
   (Wold's holdout / bi-cross-validation, as Owen and Perry 2009): a tenth of the matrix entries
-  is hidden, NMF is fitted on the rest for each candidate k, and the k with the smallest error
-  on the hidden entries wins. Which entries are hidden depends on the prompt's tokens, not its
-  row, so the choice does not depend on the prompts' order.
+  is hidden, NMF is fitted on the rest for each candidate k, and the smallest k whose error on
+  the hidden entries is within one standard error of the least wins (:func:`tl_submodels.nmf.choose_k`).
+  Which entries are hidden depends on the prompt's tokens, not its row, so the choice does not
+  depend on the prompts' order.
 - **Membership**: a factor's components are those whose loading clears a threshold; the
   threshold is chosen by validation: each candidate set is ablated (mean ablation by default)
   and the one that best trades the accuracy lost on the factor's own tasks against the largest
@@ -41,19 +42,12 @@ from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.nmf import choose_k, nmf
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task, check_tasks
 
 Scorer = Literal["patch", "atp", "ig"]
-HOLDOUT = 10  # one entry in HOLDOUT is hidden when choosing k
-NMF_ITERS = 500
-# Ridge of the masked fits that choose k, as a fraction of the loss's mean curvature in one entry.
-# Where a prompt's hidden entries are all that pin its use of a factor, that use is otherwise free
-# to grow while fitting the noise of its other entries (measured on multitask-3l, 32 prompts a
-# task: predictions of ~100 for effects of at most 1.8, held-out errors of ~800x, and k=2 chosen
-# for four tasks). 0.01 of 0.003, 0.01, 0.03, 0.1 on the zoo's multitask and harmful models.
-CV_RIDGE = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +67,7 @@ class Factorization:
         loadings: ``[part, component]`` the factor loadings (NMF's H).
         k_errors: held-out error of each candidate k (empty when k was given).
         k_error_se: its standard error over the prompts; k is the smallest whose error is within
-            one standard error of the least (the one-standard-error rule).
+            one standard error (at least 0.01) of the least (see :func:`tl_submodels.nmf.choose_k`).
 
     Example:
         >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
@@ -226,22 +220,12 @@ def factorize(
     keys = [keys[i] for i in canon]
     n_prompts, n_comp = data.shape
 
-    # 2. k: given, or chosen by held-out error: the smallest k within one standard error (over the
-    #    prompts) of the least error, as the error curve is often flat beyond the true k.
+    # 2. k: given, or chosen by held-out error (nmf.choose_k).
     k_errors: dict[int, float] = {}
     k_error_se: dict[int, float] = {}
     if k is None:
         k_hi = min(k_max or min(3 * len(tasks), 12), n_comp, n_prompts)
-        mask = _holdout_mask(keys, n_comp)
-        hidden = ~mask
-        total = (data[hidden] ** 2).sum().clamp_min(1e-30)
-        for cand in tqdm(range(1, k_hi + 1), desc="choosing k", disable=not progress):
-            w, h = nmf(data, cand, mask=mask)
-            per_prompt = (((data - w @ h) ** 2) * hidden).sum(1)
-            k_errors[cand] = float(per_prompt.sum() / total)
-            k_error_se[cand] = float(per_prompt.std() * n_prompts**0.5 / total) if n_prompts > 1 else 0.0
-        best = min(k_errors, key=lambda c: (k_errors[c], c))
-        k = min(c for c in k_errors if k_errors[c] <= k_errors[best] + k_error_se[best])
+        k, k_errors, k_error_se = choose_k(data, keys, k_hi, progress=progress)
     elif not isinstance(k, int) or not 1 <= k <= min(n_comp, n_prompts):
         raise TLSubmodelsError(
             f"k={k!r} sub-models from {n_comp} components and {n_prompts} prompts: choose 1 <= k <= "
@@ -392,65 +376,6 @@ def refine_by_validation(
             break
         cur = grown
     return cur
-
-
-def _holdout_mask(keys: list[int], n_cols: int) -> Tensor:
-    """True where an entry is used for fitting; each row's hidden entries are seeded by its content."""
-    rows = []
-    for key in keys:
-        gen = torch.Generator().manual_seed(key)
-        rows.append(torch.randint(0, HOLDOUT, (n_cols,), generator=gen) != 0)
-    return torch.stack(rows)
-
-
-def nmf(
-    data: Float[Tensor, "rows cols"], k: int, *, mask: Tensor | None = None, iters: int = NMF_ITERS
-) -> tuple[Float[Tensor, "rows k"], Float[Tensor, "k cols"]]:
-    """Non-negative ``data ~ W @ H`` (Frobenius loss, Lee-Seung multiplicative updates, NNDSVDa start).
-
-    ``mask`` (bool, same shape) restricts the loss to the entries marked True, and adds a small
-    ridge (``CV_RIDGE`` times the loss's mean curvature in one entry of ``W``, and of ``H``) that
-    holds at zero what the kept entries leave undetermined, so that the hidden entries' predictions
-    stay bounded. Without a mask the fit is unregularised.
-
-    Example:
-        >>> w, h = nmf(torch.rand(20, 8), 2)
-        >>> (w @ h).shape
-        torch.Size([20, 8])
-    """
-    if (data < 0).any():
-        raise TLSubmodelsError("nmf needs a non-negative matrix")
-    x = data.double()
-    m = torch.ones_like(x) if mask is None else mask.double()
-    w, h = _nndsvda(x * m if mask is not None else x, k)
-    eps = 1e-12
-    mx = m * x
-    ridge = CV_RIDGE * float(m.mean()) / k if mask is not None else 0.0
-    for _ in range(iters):
-        # the loss's curvature in W[i, j] is sum_c m[i, c] h[j, c]^2, on average mean(m) |h|^2 / k
-        h *= (w.T @ mx) / (w.T @ (m * (w @ h)) + ridge * (w * w).sum() * h + eps)
-        w *= (mx @ h.T) / ((m * (w @ h)) @ h.T + ridge * (h * h).sum() * w + eps)
-    return w, h
-
-
-def _nndsvda(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """NNDSVD start (Boutsidis and Gallopoulos 2008), zeros filled with the data mean (the "a" variant)."""
-    u, s, vt = torch.linalg.svd(x, full_matrices=False)
-    w = torch.zeros(x.shape[0], k, dtype=x.dtype)
-    h = torch.zeros(k, x.shape[1], dtype=x.dtype)
-    for j in range(min(k, len(s))):
-        uj, vj = u[:, j], vt[j]
-        up, un, vp, vn = uj.clamp_min(0), (-uj).clamp_min(0), vj.clamp_min(0), (-vj).clamp_min(0)
-        pos, neg = up.norm() * vp.norm(), un.norm() * vn.norm()
-        a, b, size = (up, vp, pos) if pos >= neg else (un, vn, neg)
-        if size <= 0:
-            continue
-        scale = (s[j] * size).sqrt()
-        w[:, j] = scale * a / a.norm()
-        h[j] = scale * b / b.norm()
-    fill = x.mean()
-    w[w == 0], h[h == 0] = fill, fill
-    return w, h
 
 
 def atoms(circuits: Sequence[SubModel] | Mapping[str, SubModel]) -> list[SubModel]:

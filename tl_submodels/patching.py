@@ -23,11 +23,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_submodels import fastpath
 from tl_submodels import model as tlmodel
 from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.fastpath import PrefixRunner, Stage
-from tl_submodels.model import StandardWeights
+from tl_submodels.fastpath import PrefixRunner, Stage, StandardWeights
 from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
 from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
@@ -133,7 +133,7 @@ def patch(
     # at most half the budget (decided before they are made).
     if batch_size is None and _blocks_mb(model) > max_memory_mb / 2:
         use_fast = False
-    weights = tlmodel.standard_weights(model) if use_fast else None
+    weights = fastpath.standard_weights(model) if use_fast else None
     weights_mb = 0.0 if weights is None else _copied_mb(model, weights)
     budget = max_memory_mb - weights_mb
     # Examples in chunks whose cached runs and forwards fit the budget (all at once when they do).

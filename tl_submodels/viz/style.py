@@ -1,0 +1,71 @@
+"""What every picture shares: colours, the figure frame, input checks and the HTML summary table."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SubModel
+
+# Colour-blind-safe qualitative palette (Okabe-Ito) for sub-models; shared nodes are grey.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
+SHARED = "#999999"
+DIVERGING = "RdBu"
+
+
+def _figure(title: str, **layout: Any) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50}, **layout)
+    return fig
+
+
+def _np(t: Tensor) -> Any:
+    return t.detach().float().cpu().numpy()
+
+
+def _diverging(z: Tensor, x: list, y: list, hover: str, label: str | None = "score") -> go.Heatmap:
+    """A heat map of signed values centred on 0, symmetric about it (NaN, i.e. not scored, left blank)."""
+    bound = float(torch.nan_to_num(z.abs(), nan=0.0).max()) or 1.0
+    return go.Heatmap(
+        z=_np(z), x=x, y=y, colorscale=DIVERGING, zmid=0.0, zmin=-bound, zmax=bound,
+        colorbar={"title": label} if label else None, showscale=label is not None, hovertemplate=hover,
+    )  # fmt: skip
+
+
+def _need(scores: Any, kind: str) -> Tensor:
+    t = getattr(scores, kind, None)
+    if t is None:
+        raise TLSubmodelsError(
+            f"these scores have no {kind} (kinds scored: {list(scores.kinds)}); score them with kinds=(..., {kind!r})"
+        )
+    return t
+
+
+def _submodels(parts: Any) -> list[SubModel]:
+    if isinstance(parts, SubModel):
+        return [parts]
+    items = parts.parts if hasattr(parts, "parts") else parts
+    items = list(items.values()) if isinstance(items, Mapping) else list(items)
+    if not items or not all(isinstance(p, SubModel) for p in items):
+        raise TLSubmodelsError(
+            f"expected a SubModel, a list or dict of SubModels, or a Factorization; got {type(parts).__name__}"
+        )
+    return items
+
+
+# HTML summaries (notebook reprs) ---------------------------------------------------------------
+
+
+def summary_html(title: str, rows: Sequence[tuple[str, Any]]) -> str:
+    """A small two-column HTML table: the ``_repr_html_`` of the result objects (no scripts, works offline)."""
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<div><b>{html.escape(title)}</b><table>{body}</table></div>"

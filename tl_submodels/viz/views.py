@@ -1,0 +1,56 @@
+"""circuitsvis views: attention patterns of a sub-model's heads, tokens coloured by sub-model usage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from circuitsvis.attention import attention_heads
+from circuitsvis.tokens import colored_tokens_multi
+from circuitsvis.utils.render import RenderedHTML
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_submodels.components import Head
+from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SubModel
+
+
+def attention_patterns(model: Any, tokens: str | Int[Tensor, " pos"] | Sequence[int], part: Any) -> RenderedHTML:
+    """Attention patterns of a sub-model's heads on one prompt (circuitsvis ``attention_heads``).
+
+    ``part`` is a SubModel or an iterable of heads / strings (``["L1H2", "L0H3"]``).
+
+    Example:
+        >>> tls.viz.attention_patterns(model, "IND w1 s3 s4 s5 s3 s4", circuit)  # doctest: +SKIP
+    """
+    from tl_submodels.explain import _prompt, _words
+
+    sub = part if isinstance(part, SubModel) else SubModel(components=part, name="heads")
+    sub.validate(model)
+    heads = sorted({Head(c.layer, c.head) for c in sub if isinstance(c, Head)})
+    if not heads:
+        raise TLSubmodelsError(f"sub-model {sub.name!r} has no attention heads to show; it holds {sorted(sub)}")
+    ids = _prompt(model, tokens)
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in {h.layer for h in heads}}
+    _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
+    pattern = torch.stack([cache[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads])
+    return attention_heads(
+        attention=pattern.detach().float().cpu(),
+        tokens=_words(model, ids[0]),
+        attention_head_names=[str(h) for h in heads],
+    )
+
+
+def usage_tokens(usage: Any) -> RenderedHTML:
+    """The prompt's tokens coloured by each sub-model's contribution (circuitsvis ``colored_tokens_multi``).
+
+    Hover a token for every sub-model's value; click a sub-model's name to colour by it.
+
+    Example:
+        >>> tls.viz.usage_tokens(tls.usage(model, parts, prompt, reference=ref))  # doctest: +SKIP
+    """
+    if not hasattr(usage, "values") or not hasattr(usage, "tokens"):
+        raise TLSubmodelsError(f"usage_tokens needs a Usage (from tls.usage); got {type(usage).__name__}")
+    return colored_tokens_multi(list(usage.tokens), usage.values.T.detach().float().cpu(), list(usage.parts))
