@@ -39,12 +39,15 @@ typecheck: .venv/.installed
 
 # On TL 4 every test but the deliberately ill-typed ones also runs under jaxtyping + beartype,
 # which checks every annotated tensor shape in tl_submodels at run time.
+# XDIST: one worker per core, each test file in one worker (so module fixtures are computed once);
+# make test XDIST= runs in one process.
+XDIST ?= -n auto --dist loadfile
 test-tl4: .venv/.installed
-	.venv/bin/python -m pytest tests -m "not ill_typed" --jaxtyping-packages=tl_submodels,beartype.beartype
+	.venv/bin/python -m pytest tests $(XDIST) -m "not ill_typed" --jaxtyping-packages=tl_submodels,beartype.beartype
 	.venv/bin/python -m pytest tests -m ill_typed
 
 test-tl2: .venv-tl2/.installed
-	.venv-tl2/bin/python -m pytest tests
+	.venv-tl2/bin/python -m pytest tests $(XDIST)
 
 # The report's browser test needs Debian's chromium + chromedriver: installed here when missing and apt-get
 # is usable; otherwise that test is skipped and says why (pytest -ra lists it).

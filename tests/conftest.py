@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import tl_submodels as tls
 from tl_submodels import model as tlmodel
+
+# Under pytest-xdist (make test runs one worker per core) the workers share the cores: each takes
+# its share of torch's threads instead of all of them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 MLP_CFG = {
     "n_layers": 3,

@@ -87,8 +87,9 @@ def test_ig_completeness_improves_with_steps(induction_model, induction_task):
     model, task = induction_model, induction_task
     layer1 = [f"L1H{h}" for h in range(4)]
     hooks = tls.ablation_hooks(model, layer1, ablation="patch", reference=task.clean)
-    whole = float(task.metric(model.run_with_hooks(task.corrupt, fwd_hooks=hooks)))
-    target = whole - float(task.metric(model(task.corrupt)))
+    with torch.no_grad():
+        whole = float(task.metric(model.run_with_hooks(task.corrupt, fwd_hooks=hooks)))
+        target = whole - float(task.metric(model(task.corrupt)))
     errors = []
     for steps in (1, 2, 4, 16):
         ig = tls.attribute(model, task, method="ig", kinds="heads", steps=steps)

@@ -40,7 +40,8 @@ def test_evaluate_matches_its_definition(induction_model, induction_task):
     ev = tls.evaluate(model, sub, task, ablation="zero")
 
     def m(hooks):
-        return float(task.metric(model.run_with_hooks(task.clean, fwd_hooks=hooks)))
+        with torch.no_grad():
+            return float(task.metric(model.run_with_hooks(task.clean, fwd_hooks=hooks)))
 
     everything = tls.complement(model, [])
     full = m([])
