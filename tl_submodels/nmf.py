@@ -44,7 +44,8 @@ def choose_k(
     curve is often flat beyond the true k.
 
     Example:
-        >>> planted = torch.rand(60, 2) @ torch.rand(2, 30)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> planted = torch.rand(60, 2, generator=g) @ torch.rand(2, 30, generator=g)
         >>> k, errors, se = choose_k(planted, list(range(60)), 5)
         >>> k
         2
