@@ -31,9 +31,6 @@ from torch import Tensor
 Stage = Literal["pre", "attn", "mlp"]
 
 
-# Weights in TransformerLens layout, read the same way from either line (both expose W_Q, ln1, ... on the model).
-
-
 @dataclass(frozen=True, kw_only=True)
 class StandardWeights:
     """Weights of a standard (GPT-2 style) transformer in TL layout, read from either line."""

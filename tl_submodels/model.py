@@ -430,6 +430,3 @@ def forward_from(
         if resid is not None and layer > 0 and supports_start_at_layer(model):
             return model(resid, start_at_layer=layer)
         return model(tokens)
-
-
-# ---------------------------------------------------------------------------------------------
