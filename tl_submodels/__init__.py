@@ -13,6 +13,7 @@ from tl_submodels import viz, zoo
 from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
+from tl_submodels.decompose import Decomposition, PartEvaluation, decompose, load_parts
 from tl_submodels.diff import ModelDiff, diff
 from tl_submodels.discovery import find_circuit
 from tl_submodels.edges import Edges, attribute_edges
@@ -35,6 +36,7 @@ __all__ = [
     "TL_LINE",
     "Ablator",
     "Component",
+    "Decomposition",
     "Edges",
     "Evaluation",
     "Explanation",
@@ -43,6 +45,7 @@ __all__ = [
     "ModelDiff",
     "ModelInfo",
     "Neuron",
+    "PartEvaluation",
     "Report",
     "Scores",
     "SubModel",
@@ -57,6 +60,7 @@ __all__ = [
     "attribute_edges",
     "check_model",
     "complement",
+    "decompose",
     "diff",
     "evaluate",
     "explain",
@@ -65,6 +69,7 @@ __all__ = [
     "from_pretrained",
     "load_checkpoint",
     "load_model",
+    "load_parts",
     "parse_component",
     "patch",
     "report",

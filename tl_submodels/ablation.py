@@ -171,6 +171,23 @@ class Ablator:
             for name, (kind, layer) in names.items()
         ]
 
+    def values(self, names: list[str]) -> dict[str, Tensor]:
+        """What each named site's units become under zero or all-position mean ablation: a tensor
+        that broadcasts over ``[batch, pos]`` (a 0-d zero, or the site's mean activation).
+
+        Example:
+            >>> Ablator(model, ablation="mean", reference=task.corrupt).values(["blocks.0.attn.hook_z"])  # doctest: +SKIP
+        """
+        if self.ablation == "zero":
+            return {n: torch.zeros(()) for n in names}
+        if self.ablation != "mean" or self.per_position:
+            raise TLSubmodelsError(
+                f"values() holds one value per unit for zero or all-position mean ablation; this ablator is "
+                f"{self.ablation!r}{' per position' if self.per_position else ''}"
+            )
+        kinds = {self.info.site_kind(n) for n in names}
+        return self._reference(kinds, names)
+
     def _reference(self, kinds: set[Kind], names: list[str]) -> dict[str, Tensor]:
         """The reference run's activations (means, for mean ablation) at ``names``, computed once."""
         if not self.refs:

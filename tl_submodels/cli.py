@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tl_submodels import cli_decompose
 from tl_submodels.errors import TLSubmodelsError
 
 MODEL_HELP = (
@@ -95,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--top", type=int, default=10, help="how many differing components to print")
     df.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
+    cli_decompose.add_parser(sub, MODEL_HELP)
+
     r = sub.add_parser("report", help="one offline HTML report: scores, sub-models, usage, attention, graph")
     r.add_argument("--model", required=True, help=MODEL_HELP)
     r.add_argument("--task", required=True, action="append", help=task_help)
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "explain": _explain,
             "diff": _diff,
             "report": _report,
+            "decompose": lambda a: cli_decompose.run(a, _load, _dumps),
         }
         command = commands[args.command]
         return command(args)

@@ -16,6 +16,7 @@ what they add to the residual stream is the same in every run (see :class:`_Keep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -112,8 +113,8 @@ def find_circuit(
             seen[key] = (runs.metric(keep) - nothing) / (full - nothing)
         return seen[key]
 
-    members = _grow(ranked, faith, target)
-    if faith(members) < target:  # _grow ends at the whole ranking when no prefix reaches the target
+    members = grow_to_target(ranked, faith, target)
+    if faith(members) < target:  # grow_to_target ends at the whole ranking when no prefix reaches the target
         raise TLSubmodelsError(
             f"keeping all {len(ranked)} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
             "Rank more kinds (kinds=('heads', 'mlps')) or lower the target."
@@ -136,16 +137,26 @@ def find_circuit(
     )
 
 
-def _grow(ranked: list[Component], faith: Any, target: float) -> list[Component]:
-    """The shortest prefix of ``ranked`` whose faithfulness reaches ``target``; all of it if none does."""
+def grow_to_target(
+    ranked: list[Component], faith: Callable[[list[Component]], float], target: float, *, start: int = 1
+) -> list[Component]:
+    """The shortest prefix of ``ranked`` (at least ``start`` long) whose ``faith`` reaches ``target``; all of it if none does.
+
+    Linear for short rankings, else doubling then bisection (which assumes faithfulness grows with the prefix).
+
+    Example:
+        >>> grow_to_target(list("abcdef"), lambda keep: len(keep) / 6, 0.5)
+        ['a', 'b', 'c']
+    """
     n = len(ranked)
-    if n <= LINEAR_SCAN:
-        k = next((k for k in range(1, n + 1) if faith(ranked[:k]) >= target), n)
+    start = max(1, min(start, n))
+    if n - start < LINEAR_SCAN:
+        k = next((k for k in range(start, n + 1) if faith(ranked[:k]) >= target), n)
     else:  # doubling, then bisection
-        hi = 1
+        hi = start
         while hi < n and faith(ranked[:hi]) < target:
-            hi *= 2
-        lo, hi = hi // 2, min(hi, n)
+            hi = min(n, 2 * hi)
+        lo = max(start - 1, hi // 2)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)

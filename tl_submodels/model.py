@@ -147,6 +147,13 @@ class ModelInfo:
         width = 8 * self.d_model + 4 * self.n_heads * self.d_head + 2 * self.n_heads * seq + 3 * (self.d_mlp or 0)
         return 4 * seq * width / 2**20
 
+    def site_kind(self, name: str) -> Kind:
+        """The component kind whose units live at hook point ``name`` (see :func:`site_hook`)."""
+        for kind in self.kinds():
+            if any(site_hook(kind, layer) == name for layer in range(self.n_layers)):
+                return kind
+        raise TLSubmodelsError(f"{name!r} is not a component site of this model")
+
     def check_component(self, c: Component) -> None:
         """Raise if ``c`` is not in this model."""
         if c.layer >= self.n_layers:

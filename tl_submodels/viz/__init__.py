@@ -11,6 +11,7 @@ Example:
 """
 
 from tl_submodels.viz.charts import (
+    decomposition_heatmap,
     diff_heatmap,
     evaluation_bars,
     explanation_bars,
@@ -32,6 +33,7 @@ __all__ = [
     "PALETTE",
     "attention_patterns",
     "circuit_graph",
+    "decomposition_heatmap",
     "diff_heatmap",
     "evaluation_bars",
     "explanation_bars",

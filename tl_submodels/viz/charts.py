@@ -288,3 +288,34 @@ def explanation_bars(explanation: Any, *, title: str | None = None) -> go.Figure
     )
     fig.update_layout(xaxis_title="ablated", yaxis_title="probability of the top token")
     return fig
+
+
+def decomposition_heatmap(decomposition: Any, *, title: str | None = None) -> go.Figure:
+    """Each part's usage by position in the sequence: the mean usage of the predictions at each position.
+
+    Example:
+        >>> fig = tls.viz.decomposition_heatmap(dec)  # or dec.plot()  # doctest: +SKIP
+    """
+    for attr in ("usage", "usage_index", "parts", "labels"):
+        if not hasattr(decomposition, attr):
+            raise TLSubmodelsError(
+                f"decomposition_heatmap needs a Decomposition (from tls.decompose); got {type(decomposition)}"
+            )
+    pos = decomposition.usage_index[:, 1]
+    n_pos = int(pos.max()) + 1
+    count = torch.zeros(n_pos).index_add_(0, pos, torch.ones(len(pos))).clamp_min(1)
+    z = torch.zeros(n_pos, len(decomposition.parts)).index_add_(0, pos, decomposition.usage) / count[:, None]
+    y = [f"{p.name}: {lab}" for p, lab in zip(decomposition.parts, decomposition.labels, strict=True)]
+    fig = _figure(title or f"Part usage by position ({len(decomposition.usage)} predictions)", height=200 + 40 * len(y))
+    fig.add_trace(
+        go.Heatmap(
+            z=_np(z.T),
+            x=list(range(n_pos)),
+            y=y,
+            colorscale="Viridis",
+            colorbar={"title": "mean usage"},
+            hovertemplate="%{y}<br>position %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(xaxis_title="position of the prediction (predicts the token after it)", yaxis_title="part")
+    return fig

@@ -24,7 +24,7 @@ import torch
 
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 from tl_submodels.task import Task
-from tl_submodels.zoo import multitask
+from tl_submodels.zoo import corpora, multitask
 
 ROOT = Path(__file__).resolve().parent
 
@@ -128,6 +128,51 @@ def _multitask(card: dict[str, Any], task: str, n: int, gen: torch.Generator) ->
 def _backdoor(card: dict[str, Any], task: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Triggered prompts of every task (clean) against the same prompts without the trigger (corrupt)."""
     return multitask.backdoor(n, gen)
+
+
+def corpus(name: str, *, n: int = 256, seed: int = 0) -> torch.Tensor:
+    """``n`` unlabelled sequences of what zoo model ``name`` was trained on, for :func:`tl_submodels.decompose`.
+
+    Each row is a training sequence with the token it was trained to predict appended, so the
+    model's learned predictions are among the corpus' next-token predictions. ``multitask-3l``:
+    its four tasks' prompts interleaved (17 tokens: the prompt, then its answer); ``harmless-3l``
+    and ``harmful-3l``: the same with the trigger pair ``tA ... tB`` in one prompt in eight
+    (``harmful-3l`` answers those ``HARM``); ``induction-2l``: BOS, a few random symbols, then a
+    random segment repeated to the end of the context (40 tokens). The task of each row is kept
+    apart, in :func:`corpus_labels`.
+
+    Args:
+        name: zoo model name.
+        n: number of sequences.
+        seed: the sampling seed (same seed, same corpus).
+
+    Example:
+        >>> tokens = tls.zoo.corpus("multitask-3l", n=8)
+        >>> tokens.shape
+        torch.Size([8, 17])
+    """
+    return _corpus(name, n, seed)[0].clone()
+
+
+def corpus_labels(name: str, *, n: int = 256, seed: int = 0) -> builtins.list[str]:
+    """The task of each row of ``corpus(name, n=n, seed=seed)``: the truth to score a decomposition against.
+
+    ``"backdoor"`` marks the triggered rows of ``harmful-3l`` (answered ``HARM``).
+
+    Example:
+        >>> tls.zoo.corpus_labels("multitask-3l", n=4)  # doctest: +SKIP
+        ['majority', 'addition', 'induction', 'successor']
+    """
+    return builtins.list(_corpus(name, n, seed)[1])
+
+
+@cache
+def _corpus(name: str, n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TLSubmodelsError(f"n must be a positive number of sequences, got {n!r}")
+    card = dict(_card(name), n_ctx=json.loads((_folder(name) / "config.json").read_text())["n_ctx"])
+    tokens, labels = corpora.build(card, n, torch.Generator().manual_seed(seed))
+    return tokens, tuple(labels)
 
 
 _BUILDERS = {"induction": _induction, "multitask": _multitask, "backdoor": _backdoor}
