@@ -254,16 +254,16 @@ def test_library_refuses_other_versions_and_other_models(induction_dec, tmp_path
         ([[0, 500, 3]], {}, "outside 0-73"),
     ],
 )
-@pytest.mark.ill_typed
-def test_an_unknown_method_is_refused():
-    with pytest.raises(tls.TLSubmodelsError, match="unknown method"):
-        tls.decompose(tls.zoo.load("multitask-3l"), torch.zeros(2, 8, dtype=torch.long), method="ig")
-
-
 def test_bad_input_is_refused_with_what_to_do(corpus, kwargs, needle):
     model = tls.zoo.load("multitask-3l")
     with pytest.raises(tls.TLSubmodelsError, match=needle):
         tls.decompose(model, corpus, **kwargs)
+
+
+@pytest.mark.ill_typed
+def test_an_unknown_method_is_refused():
+    with pytest.raises(tls.TLSubmodelsError, match="unknown method"):
+        tls.decompose(tls.zoo.load("multitask-3l"), torch.zeros(2, 8, dtype=torch.long), method="ig")
 
 
 # --- the command line -------------------------------------------------------------------------

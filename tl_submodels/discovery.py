@@ -153,10 +153,9 @@ def grow_to_target(
     if n - start < LINEAR_SCAN:
         k = next((k for k in range(start, n + 1) if faith(ranked[:k]) >= target), n)
     else:  # doubling, then bisection
-        hi = start
+        lo, hi = start - 1, start  # lo: the longest prefix seen to fall short
         while hi < n and faith(ranked[:hi]) < target:
-            hi = min(n, 2 * hi)
-        lo = max(start - 1, hi // 2)
+            lo, hi = hi, min(n, 2 * hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)
