@@ -234,10 +234,9 @@ def token_effects(
     items: list[tuple[int, int, int]] = []  # (chunk, site, first unit); site -1: the unablated run
     copies: dict[int, int] = {}
     for ci, idx in enumerate(chunks):
-        if method == "atp":
-            items.append((ci, -1, 0))
-            continue
         items.append((ci, -1, 0))
+        if method == "atp":
+            continue
         for si, (kind, _) in enumerate(sites):
             units = info.n_units(kind)
             copies[si] = max(1, min(units, rows // len(idx)))
@@ -360,8 +359,9 @@ def _atp_chunk(
     """Full-model log-probs and correctness, and each site's AtP effect on each prediction's log-odds ``[b, pos, units]``.
 
     Log-odds rather than log p: log p saturates as a prediction grows confident, so its gradient
-    misses what a confident prediction depends on (measured on multitask-3l's answers: the AtP estimate
-    of the log p effects had 1/30 of their size; their log-odds estimates rank the parts as exact does).
+    misses what a confident prediction depends on (measured on multitask-3l's answers: the AtP estimates
+    of the log p effects had 1/30 to 1/1000 of their size (median per task), and grouping the prompts by
+    them at k=4 gave ARI 0.48; by the log-odds estimates 0.82).
     """
     leaves: dict[str, Tensor] = {}
     acts: dict[str, Tensor] = {}
