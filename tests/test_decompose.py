@@ -15,7 +15,7 @@ import torch
 import tl_submodels as tls
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablator
-from tl_submodels.decompose import PART_SCHEMA_VERSION
+from tl_submodels.decomposition import PART_SCHEMA_VERSION
 from tl_submodels.tokeneffects import prepare_corpus, token_effects
 from tl_submodels.zoo import multitask
 
@@ -186,10 +186,39 @@ def test_multitask_parts_from_the_unlabelled_corpus_match_the_tasks(method, mult
         assert ev.faithfulness >= 0.8 and ev.core_necessity >= 0.5
 
 
+def task_accuracies(model, dec, hooks=()) -> dict[str, float]:
+    """Top-1 accuracy of the counted (last) predictions of each true task, under ``hooks``."""
+    labels = tls.zoo.corpus_labels("multitask-3l", n=len(dec.tokens))
+    logits = tlmodel.run_logits(model, dec.tokens[:, :-1], list(hooks))
+    seq, pos = dec.usage_index[:, 0], dec.usage_index[:, 1]
+    ok = (logits.argmax(-1)[seq, pos] == dec.tokens[seq, pos + 1]).float()
+    task = [labels[s] for s in seq.tolist()]
+    return {t: float(ok[torch.tensor([x == t for x in task])].mean()) for t in multitask.TASKS}
+
+
+def test_multitask_each_task_has_a_specific_core_and_a_faithful_extent(multitask_exact):
+    """For each task a part whose core, ablated (mean over the corpus), drops that task >= 50 points and
+    every other <= 10; its extent keeps >= 0.8 of its predictions and stays specific."""
+    model = tls.zoo.load("multitask-3l")
+    ablator = Ablator(model, ablation="mean", reference=multitask_exact.tokens[:, :-1])
+    base = task_accuracies(model, multitask_exact)
+    found = {}
+    for part, core, ev in zip(multitask_exact.parts, multitask_exact.cores, multitask_exact.evaluations, strict=True):
+        drop = {t: base[t] - a for t, a in task_accuracies(model, multitask_exact, ablator.hooks(core)).items()}
+        extent_drop = {t: base[t] - a for t, a in task_accuracies(model, multitask_exact, ablator.hooks(part)).items()}
+        print(part.name, len(core), len(part), f"faith {ev.faithfulness:.2f}", drop, extent_drop)
+        for t in multitask.TASKS:
+            if drop[t] >= 0.5 and all(d <= 0.1 for u, d in drop.items() if u != t):
+                assert ev.faithfulness >= 0.8 and core.components <= part.components
+                assert extent_drop[t] >= 0.5 and all(d <= 0.3 for u, d in extent_drop.items() if u != t)
+                found[t] = part.name
+    assert set(found) == set(multitask.TASKS), found
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="cores of the successor and majority parts mix planted groups (measured: 1/6 "
-    "and 77/256 from the task's group; addition 3/3, induction 4/4)",
+    reason="cores of the majority and successor parts mix planted groups (measured: L0H3+L0N171 and "
+    "L0H1 L0H6+L1N134, 1/2 and 2/3 from the task's group; addition 2/2, induction 4/4)",
 )
 def test_multitask_cores_come_from_the_planted_groups(multitask_exact):
     group = {c: g for g, cs in multitask.planted(3, 8, 256).items() for c in cs}

@@ -216,3 +216,18 @@ def test_attribution_plus_exact_patches_only_its_members_when_many(induction_mod
     members = set(patched[0]["components"])
     assert set(circuit) <= members and len(members) < len(tls.complement(induction_model, []))
     assert tls.evaluate(induction_model, circuit, induction_task).faithfulness >= 0.9
+
+
+def test_grow_specific_leaves_out_only_what_breaks_specificity_and_stops_at_the_target():
+    """Hand-made faithfulness and specificity: faith counts members; 'x' and 'y' make a part unspecific."""
+    calls = []
+
+    def specific(members):
+        calls.append(len(members))
+        return not {"x", "y"} & set(members)
+
+    grown = discovery.grow_specific(["a"], list("bxcdyefgh"), lambda m: len(m) / 5, specific, 1.0, block=4)
+    assert grown == ["a", "b", "c", "d", "e"]  # x and y left out; the shortest admitted prefix reaching 1.0
+    assert discovery.grow_specific(["a"], list("xyz"), lambda m: 0.0, specific, 0.5) == ["a", "z"]  # never reached
+    # growing from a core that already reaches the target admits nothing
+    assert discovery.grow_specific(list("abcde"), list("fgh"), lambda m: len(m) / 5, specific, 1.0) == list("abcde")

@@ -13,7 +13,8 @@ from tl_submodels import viz, zoo
 from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
-from tl_submodels.decompose import Decomposition, PartEvaluation, decompose, load_parts
+from tl_submodels.decompose import decompose
+from tl_submodels.decomposition import Decomposition, PartEvaluation, load_parts
 from tl_submodels.diff import ModelDiff, diff
 from tl_submodels.discovery import find_circuit
 from tl_submodels.edges import Edges, attribute_edges

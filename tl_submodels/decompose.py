@@ -30,303 +30,39 @@ ablating the component on the log-odds of the corpus' next token (:mod:`tl_submo
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.components import Component, Kind
-from tl_submodels.discovery import grow_to_target
+from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
+from tl_submodels.discovery import grow_specific
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.factorize import refine_by_validation
 from tl_submodels.nmf import nmf
 from tl_submodels.submodel import SubModel
-from tl_submodels.tokeneffects import Corpus, EffectMethod, Positions, PreparedCorpus, prepare_corpus, token_effects
+from tl_submodels.tokeneffects import (
+    Corpus,
+    EffectMethod,
+    Positions,
+    PreparedCorpus,
+    TokenEffects,
+    prepare_corpus,
+    token_effects,
+)
 
-PART_SCHEMA = "tl_submodels.part"
-PART_SCHEMA_VERSION = 1
 ROW_FLOOR = 0.1  # rows below this fraction of the 99th percentile of the rows' norms are not factorised
 CO_USAGE = 0.5  # k stops before two factors' usage columns have a larger cosine
 EXTENT_TARGET = 0.8  # keep-only faithfulness an extent reaches on its part's predictions
-EVAL_PREDICTIONS = 64
-CORE_SLACK = 0.05  # a core is the smallest candidate scoring within this of the best (own minus elsewhere necessity)  # predictions per part used to choose cores and extents
-
-
-@dataclass(frozen=True, kw_only=True)
-class PartEvaluation:
-    """One part validated by ablation on the predictions that use it and on all the others.
-
-    ``faithfulness``: keeping only the extent (the rest ablated) restores this fraction of the
-    behaviour (mean log p of the next token) on the part's predictions; ``core_necessity``: ablating
-    the core loses this fraction; ``necessity_elsewhere``: the largest fraction ablating the extent
-    loses on another part's predictions (specificity: near 0). Loss is the mean negative log p.
-    """
-
-    part: str
-    size: int
-    core_size: int
-    predictions: int
-    faithfulness: float
-    core_faithfulness: float
-    core_necessity: float
-    necessity_elsewhere: float
-    loss_increase: float
-    loss_increase_others: float
-    accuracy_drop: float
-    accuracy_drop_others: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Context:
-    """One prediction shown to a person: the tokens before it, the token it predicts, how much it uses the part."""
-
-    sequence: int
-    position: int
-    before: list[str]
-    next: str
-    usage: float
-
-    def __str__(self) -> str:
-        return f"{' '.join(self.before)} -> {self.next}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decomposition:
-    """Parts of what a model does on a corpus, with the predictions that use them and their validation.
-
-    Attributes:
-        parts: one SubModel per factor (its extent), named ``part-0``, ``part-1``...
-        cores: the necessary core of each part (same order, also SubModels).
-        labels: a short computed description of each part (tokens it predicts, after what, where).
-        usage: ``[prediction, part]`` how much each counted prediction uses each part.
-        usage_index: ``[prediction, 2]`` the (sequence, position) of each prediction.
-        loadings: ``[part, component]`` the factor loadings (NMF's H, rows sum to 1).
-        components: the columns of ``loadings``.
-        evaluations: one :class:`PartEvaluation` per part.
-        k_errors: the largest cosine between two factors' usage columns at each k tried (empty when given).
-        tokens: the corpus as padded token ids; words: the text of each token id that occurs in it.
-
-    Example:
-        >>> dec = tls.decompose(model, tls.zoo.corpus("multitask-3l", n=128), positions="last")  # doctest: +SKIP
-        >>> dec.to_frame()  # doctest: +SKIP
-    """
-
-    parts: list[SubModel]
-    cores: list[SubModel]
-    labels: list[str]
-    usage: Float[Tensor, "prediction part"]
-    usage_index: Int[Tensor, "prediction 2"]
-    loadings: Float[Tensor, "part component"]
-    components: list[Component]
-    evaluations: list[PartEvaluation]
-    k_errors: dict[int, float]
-    tokens: Int[Tensor, "batch pos"]
-    words: dict[int, str]
-    method: str
-    ablation: str
-    model_shape: dict[str, int | None] = field(default_factory=dict)
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.parts]
-
-    def _index(self, part: int | str) -> int:
-        if isinstance(part, int) and not isinstance(part, bool) and 0 <= part < len(self.parts):
-            return part
-        if isinstance(part, str) and part in self.names:
-            return self.names.index(part)
-        raise TLSubmodelsError(
-            f"no part {part!r}; the parts are {self.names} (or their indices 0-{len(self.parts) - 1})"
-        )
-
-    def uses(self, part: int | str) -> Tensor:
-        """Bool ``[prediction]``: the predictions whose most-used part is ``part``."""
-        j = self._index(part)
-        return (self.usage.argmax(1) == j) & (self.usage.sum(1) > 0)
-
-    def top_contexts(self, part: int | str, n: int = 10, *, window: int = 8) -> list[Context]:
-        """The ``n`` predictions that use ``part`` most, each with ``window`` tokens before it.
-
-        Example:
-            >>> [str(c) for c in dec.top_contexts("part-0", 3)]  # doctest: +SKIP
-            ['SUC w3 w1 c4 w2 = -> c5', ...]
-        """
-        j = self._index(part)
-        order = self.usage[:, j].argsort(descending=True)[:n].tolist()
-        out = []
-        for i in order:
-            seq, pos = (int(v) for v in self.usage_index[i])
-            before = self.tokens[seq, max(0, pos + 1 - window) : pos + 1].tolist()
-            out.append(
-                Context(
-                    sequence=seq,
-                    position=pos,
-                    before=[self.words.get(t, str(t)) for t in before],
-                    next=self.words.get(int(self.tokens[seq, pos + 1]), str(int(self.tokens[seq, pos + 1]))),
-                    usage=float(self.usage[i, j]),
-                )
-            )
-        return out
-
-    def rename(self, names: dict[str, str]) -> Decomposition:
-        """A copy with parts (and their cores) renamed: ``dec.rename({"part-2": "induction"})``.
-
-        Example:
-            >>> dec = dec.rename({"part-0": "successor"})  # doctest: +SKIP
-        """
-        unknown = [n for n in names if n not in self.names]
-        if unknown:
-            raise TLSubmodelsError(f"no part {unknown}; the parts are {self.names}")
-        new = [names.get(n, n) for n in self.names]
-        if len(set(new)) != len(new):
-            raise TLSubmodelsError(f"the new names collide: {new}; give every part its own name")
-        return replace(
-            self,
-            parts=[p.renamed(m) for p, m in zip(self.parts, new, strict=True)],
-            cores=[c.renamed(f"{m}-core") for c, m in zip(self.cores, new, strict=True)],
-            evaluations=[replace(e, part=m) for e, m in zip(self.evaluations, new, strict=True)],
-        )
-
-    def to_frame(self) -> Any:
-        """One row per part: label, sizes, predictions using it, faithfulness, specificity, loss and accuracy effects."""
-        import pandas as pd
-
-        rows = []
-        for p, c, lab, ev in zip(self.parts, self.cores, self.labels, self.evaluations, strict=True):
-            rows.append(
-                {
-                    "part": p.name,
-                    "label": lab,
-                    "size": len(p),
-                    "core": " ".join(str(x) for x in c),
-                    "predictions": ev.predictions,
-                    "faithfulness": ev.faithfulness,
-                    "core_necessity": ev.core_necessity,
-                    "necessity_elsewhere": ev.necessity_elsewhere,
-                    "loss_increase": ev.loss_increase,
-                    "loss_increase_others": ev.loss_increase_others,
-                    "accuracy_drop": ev.accuracy_drop,
-                    "accuracy_drop_others": ev.accuracy_drop_others,
-                }
-            )
-        return pd.DataFrame(rows)
-
-    def plot(self) -> Any:
-        """Each part's usage by position in the sequence (plotly heat map).
-
-        Example:
-            >>> dec.plot()  # doctest: +SKIP
-        """
-        from tl_submodels import viz
-
-        return viz.decomposition_heatmap(self)
-
-    def _repr_html_(self) -> str:
-        from tl_submodels import viz
-
-        rows = [
-            (p.name, f"{lab} · {len(p)} members, core {len(c)}")
-            for p, c, lab in zip(self.parts, self.cores, self.labels, strict=True)
-        ]
-        return viz.summary_html(
-            f"Decomposition: {len(self.parts)} parts of {len(self.usage)} predictions ({self.method})", rows
-        )
-
-    def __repr__(self) -> str:
-        parts = ", ".join(f"{p.name} ({len(p)}; {lab})" for p, lab in zip(self.parts, self.labels, strict=True))
-        return f"Decomposition({len(self.parts)} parts over {len(self.usage)} predictions, {self.method}: {parts})"
-
-    def save(self, folder: str | Path) -> Path:
-        """Write the library of parts: one JSON file per part (name, label, members, core, top contexts, evaluation).
-
-        Example:
-            >>> dec.save("lib/")  # doctest: +SKIP
-            >>> parts = tls.load_parts("lib/")  # doctest: +SKIP
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for j, (p, c, lab, ev) in enumerate(zip(self.parts, self.cores, self.labels, self.evaluations, strict=True)):
-            data = {
-                "schema": PART_SCHEMA,
-                "version": PART_SCHEMA_VERSION,
-                "name": p.name,
-                "label": lab,
-                "members": [str(x) for x in p],
-                "core": [str(x) for x in c],
-                "top_contexts": [str(ctx) for ctx in self.top_contexts(j, 10)],
-                "evaluation": dict(ev.__dict__),
-                "model": self.model_shape,
-                "found_by": f"decompose ({self.method} effects, {self.ablation} ablation)",
-            }
-            (folder / f"{p.name}.json").write_text(json.dumps(data, indent=2) + "\n")
-        return folder
-
-
-def load_parts(folder: str | Path, model: Any = None) -> list[SubModel]:
-    """The parts a :meth:`Decomposition.save` wrote to ``folder``, as SubModels usable everywhere.
-
-    Args:
-        folder: the library folder (one ``*.json`` per part).
-        model: when given, parts saved from a model of another shape are refused.
-
-    Raises:
-        TLSubmodelsError: no such folder or no parts in it, a file of another schema version, or
-            parts of a model of another shape.
-
-    Example:
-        >>> parts = tls.load_parts("lib/", model)  # doctest: +SKIP
-        >>> tls.usage(model, parts, "IND w1 s3 s4 s3", reference=...)  # doctest: +SKIP
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TLSubmodelsError(f"{folder}: no such folder; pass the folder Decomposition.save() wrote")
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise TLSubmodelsError(f"{folder}: no part files (*.json) in it")
-    shape = _shape(model) if model is not None else None
-    out = []
-    for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TLSubmodelsError(f"{f}: not valid JSON ({e})") from e
-        if not isinstance(data, dict) or data.get("schema") != PART_SCHEMA:
-            raise TLSubmodelsError(f"{f}: not a tl_submodels part (expected schema {PART_SCHEMA!r})")
-        if data.get("version") != PART_SCHEMA_VERSION:
-            raise TLSubmodelsError(
-                f"{f}: part schema version {data.get('version')!r}; this tl_submodels reads version "
-                f"{PART_SCHEMA_VERSION}. Decompose again with this version, or load it with the version that wrote it."
-            )
-        if shape is not None and data.get("model") and data["model"] != shape:
-            raise TLSubmodelsError(f"{f}: saved from a model of shape {data['model']}, but this model is {shape}")
-        sub = SubModel(
-            components=data.get("members", []),
-            name=str(data.get("name") or f.stem),
-            description=str(data.get("label", "")),
-        )
-        if model is not None:
-            sub.validate(model)
-        out.append(sub)
-    return out
-
-
-def _shape(model: Any) -> dict[str, int | None]:
-    info = tlmodel.model_info(model)
-    return {
-        "n_layers": info.n_layers,
-        "n_heads": info.n_heads,
-        "d_model": info.d_model,
-        "d_mlp": info.d_mlp,
-        "d_vocab": info.d_vocab,
-    }
+EVAL_PREDICTIONS = 64  # predictions per part used to choose cores and extents
+SPECIFIC = 0.1  # an extent's ablation loses at most this (or its core's share plus CORE_SLACK) on other parts
+CORE_SLACK = 0.05  # a core is the smallest candidate scoring within this of the best (own minus elsewhere necessity)
 
 
 def decompose(
@@ -395,6 +131,13 @@ def decompose(
         checkpoint=checkpoint,
         progress=progress,
     )
+    return _from_effects(model, prep, ablator, fx, k=k, k_max=k_max, progress=progress)
+
+
+def _from_effects(
+    model: Any, prep: PreparedCorpus, ablator: Ablator, fx: TokenEffects, *, k: int | None, k_max: int, progress: bool
+) -> Decomposition:
+    """Rows, factors, parts, labels: everything after the token effects (see the module docs)."""
     mag = fx.logodds.double().abs()
     norm = mag.norm(dim=1)
     kept = norm >= ROW_FLOOR * float(norm.quantile(0.99)) if len(norm) > 1 else norm > 0
@@ -425,7 +168,7 @@ def decompose(
         core, extent, faith = _core_and_extent(probe, j, h, fx.components)
         name = f"part-{j}"
         parts.append(
-            SubModel(components=extent, name=name, description=f"decompose: factor {j} of {k} ({method} effects)")
+            SubModel(components=extent, name=name, description=f"decompose: factor {j} of {k} ({fx.method} effects)")
         )
         cores.append(SubModel(components=core, name=f"{name}-core", description=f"necessary core of {name}"))
         evaluations.append(_evaluate(model, prep, ablator, fx, groups[j], name, extent, core, faith, probe, j))
@@ -443,9 +186,9 @@ def decompose(
         k_errors=k_errors,
         tokens=prep.tokens,
         words=words,
-        method=method,
-        ablation=ablation,
-        model_shape=_shape(model),
+        method=fx.method,
+        ablation=str(ablator.ablation),
+        model_shape=model_shape(model),
     )
 
 
@@ -534,23 +277,39 @@ def _core_and_extent(
         return memo[members]
 
     order = loading.argsort(descending=True).tolist()
-    top = float(loading[order[0]])
-    # thresholds on the loadings, halving by sqrt 2; the smallest set within CORE_SLACK of the best score
-    cands = {frozenset(order[: int((loading >= top * 2 ** (-i / 2)).sum())]) for i in range(21 if top > 0 else 0)}
-    cands.add(frozenset(order[:1]))
+    # thresholds on two rankings, by loading and by loading times the share of the component's loading
+    # that this factor holds (which ranks shared components lower), halving by sqrt 2 from the top;
+    # the smallest set within CORE_SLACK of the best score
+    cands = {frozenset(order[:1])}
+    for ranking in (loading, exclusive):
+        ranked = ranking.argsort(descending=True).tolist()
+        top = float(ranking[ranked[0]])
+        cands |= {frozenset(ranked[: int((ranking >= top * 2 ** (-i / 2)).sum())]) for i in range(21 if top > 0 else 0)}
     high = max(scored(c) for c in cands)
     best = min((c for c in cands if scored(c) >= high - CORE_SLACK), key=len)
     pool = sorted(set(exclusive.argsort(descending=True).tolist()[:32]) | best)
     best = refine_by_validation(best, pool, scored, prune_key=lambda c: float(exclusive[c]), rounds=4)
+    high = scored(best)
+    for c in sorted(best, key=lambda c: float(exclusive[c])):  # the smallest set within CORE_SLACK of the best
+        if len(best) > 1 and scored(best - {c}) >= high - CORE_SLACK:
+            best = best - {c}
     core = [components[c] for c in sorted(best, key=lambda c: -float(loading[c]))]
-    rest = [components[c] for c in order if c not in best and float(loading[c]) > 0]
-    ranked = core + rest
+    if not len(probe.where[j][0]):
+        return core, core, float("nan")
+    rest = [
+        components[c] for c in exclusive.argsort(descending=True).tolist() if c not in best and float(exclusive[c]) > 0
+    ]
 
     def faith(keep: list[Component]) -> float:
         return probe.faithfulness(frozenset(keep), j)
 
-    extent = grow_to_target(ranked, faith, EXTENT_TARGET, start=len(core)) if len(probe.where[j][0]) else core
-    return core, extent, faith(extent) if len(probe.where[j][0]) else float("nan")
+    def elsewhere(members: list[Component]) -> float:
+        need = probe.necessity(frozenset(members))
+        return max((float(need[i]) for i in others), default=0.0)
+
+    bound = max(SPECIFIC, elsewhere(core) + CORE_SLACK)
+    extent = grow_specific(core, rest, faith, lambda m: elsewhere(m) <= bound, EXTENT_TARGET)
+    return core, extent, faith(extent)
 
 
 def _evaluate(

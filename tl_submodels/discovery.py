@@ -95,24 +95,9 @@ def find_circuit(
     ranked = list(dict.fromkeys(c.without_pos() for c, _ in scores.top(10**9)))
     task = task.to(tlmodel.first_param_device(model))
     ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else task.corrupt)
-    runs = _KeepOnlyRuns(model, task, ablator)
     # attribute() ran the clean prompts unablated (the same forward, the same metric): reuse it.
     computed = scores.method != "patch" and own_scores and scores.direction == "denoising"
-    full = scores.clean_metric if computed else float(task.metric(tlmodel.run_logits(model, task.clean)))
-    nothing = runs.nothing
-    if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
-        raise TLSubmodelsError(
-            f"ablating every component leaves the metric at {full:.4g}; there is no behaviour to find a circuit for"
-        )
-
-    seen: dict[frozenset[Component], float] = {}
-
-    def faith(keep: list[Component]) -> float:  # memoised: growing and pruning revisit sets
-        key = frozenset(keep)
-        if key not in seen:
-            seen[key] = (runs.metric(keep) - nothing) / (full - nothing)
-        return seen[key]
-
+    faith = keep_only_faithfulness(model, task, ablator, full=scores.clean_metric if computed else None)
     members = grow_to_target(ranked, faith, target)
     if faith(members) < target:  # grow_to_target ends at the whole ranking when no prefix reaches the target
         raise TLSubmodelsError(
@@ -135,6 +120,41 @@ def find_circuit(
         name=name or f"{task.name}-circuit",
         description=f"find_circuit: {method} ranking, {ablation} ablation, faithfulness {reached:.3f} (target {target})",
     )
+
+
+def keep_only_faithfulness(
+    model: Any, task: Task, ablator: Ablator, *, full: float | None = None
+) -> Callable[[list[Component]], float]:
+    """A memoised function: the faithfulness of keeping only some components (the rest ablated) on ``task``.
+
+    Faithfulness is ``(metric(keep) - metric(nothing kept)) / (metric(all kept) - metric(nothing kept))``
+    on the task's clean prompts. ``full``: the unablated metric, when already computed.
+
+    Raises:
+        TLSubmodelsError: when ablating every component does not change the metric (nothing to measure).
+
+    Example:
+        >>> faith = keep_only_faithfulness(model, task, tls.Ablator(model, reference=task.corrupt))  # doctest: +SKIP
+        >>> faith([Head(1, 0), Head(0, 0)])  # doctest: +SKIP
+        0.97
+    """
+    runs = _KeepOnlyRuns(model, task, ablator)
+    if full is None:
+        full = float(task.metric(tlmodel.run_logits(model, task.clean)))
+    nothing = runs.nothing
+    if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
+        raise TLSubmodelsError(
+            f"ablating every component leaves {task.name!r}'s metric at {full:.4g}: there is no behaviour to measure"
+        )
+    seen: dict[frozenset[Component], float] = {}
+
+    def faith(keep: list[Component]) -> float:  # memoised: growing and pruning revisit sets
+        key = frozenset(keep)
+        if key not in seen:
+            seen[key] = (runs.metric(keep) - nothing) / (full - nothing)
+        return seen[key]
+
+    return faith
 
 
 def grow_to_target(
@@ -161,6 +181,42 @@ def grow_to_target(
             lo, hi = (lo, mid) if faith(ranked[:mid]) >= target else (mid, hi)
         k = hi
     return ranked[:k]
+
+
+def grow_specific(
+    core: list[Component],
+    rest: list[Component],
+    faith: Callable[[list[Component]], float],
+    specific: Callable[[list[Component]], bool],
+    target: float,
+    *,
+    block: int = 8,
+) -> list[Component]:
+    """``core`` grown from ``rest`` (in its order) until ``faith`` reaches ``target``, admitting only what keeps it ``specific``.
+
+    Candidates come in blocks of ``block``; a block whose admission would make the part
+    unspecific is split in halves, down to single components, and only the offending ones are left out.
+    The result is the shortest prefix of what was admitted (in order) that reaches ``target``.
+
+    Example:
+        >>> grow_specific(["a"], list("bcxde"), lambda m: len(m) / 4, lambda m: "x" not in m, 1.0, block=2)
+        ['a', 'b', 'c', 'd']
+    """
+    extent = list(core)
+
+    def admit(some: list[Component]) -> None:
+        if specific(extent + some):
+            extent.extend(some)
+        elif len(some) > 1:
+            half = len(some) // 2
+            admit(some[:half])
+            admit(some[half:])
+
+    for lo in range(0, len(rest), block):
+        if faith(extent) >= target:
+            break
+        admit(rest[lo : lo + block])
+    return grow_to_target(extent, faith, target, start=len(core))  # the shortest admitted prefix that reaches it
 
 
 def _shortest_reaching(ordered: list[Component], faith: Any, target: float) -> list[Component]:

@@ -166,6 +166,7 @@ class TokenEffects:
     logprob: Float[Tensor, " prediction"]  # the full model's log-probability of each next token
     correct: Bool[Tensor, " prediction"]  # the full model's top-1 prediction is the next token
     components: list[Component]
+    method: EffectMethod  # "atp" (estimated) or "ablation" (exact)
 
 
 def _logprobs(logits: Tensor, targets: Tensor) -> Tensor:
@@ -300,7 +301,12 @@ def token_effects(
                 parts[f][ci].append(done[i][f])
     effects, logodds = (torch.cat([torch.cat(p, 1) for p in parts[f]]) for f in ("effects", "logodds"))
     return TokenEffects(
-        effects=effects, logodds=logodds, logprob=torch.cat(logprob), correct=torch.cat(correct), components=components
+        effects=effects,
+        logodds=logodds,
+        logprob=torch.cat(logprob),
+        correct=torch.cat(correct),
+        components=components,
+        method=method,
     )
 
 
