@@ -26,7 +26,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError  # noqa: E4
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = ("01_quickstart", "02_submodels_across_tasks", "03_harmful_vs_harmless")
+EXPECTED = ("01_quickstart", "02_submodels_across_tasks", "03_harmful_vs_harmless", "04_decompose")
 STEMS = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
 KERNEL = "tl-submodels-test"
 CELL_TIMEOUT_S = 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import time
@@ -45,6 +46,68 @@ def test_report_has_every_section_offline_and_small(induction_report, multitask_
         for loader in ("<script src", 'from "http', "<link", "@import"):
             assert loader not in text, loader
         assert text.count("CircuitsVis.render(") >= 2  # usage tokens + at least one attention view
+
+
+@pytest.fixture(scope="module")
+def induction_decomposition():
+    model = tls.zoo.load("induction-2l")
+    return model, tls.decompose(model, tls.zoo.corpus("induction-2l", n=16), method="ablation", k=1)
+
+
+def _offline(text: str) -> None:
+    # nothing is fetched: no script, module import or stylesheet from anywhere but this file (the inlined
+    # bundles mention URLs in strings, so look for the loading constructs)
+    for loader in ("<script src", 'from "http', "<link", "@import"):
+        assert loader not in text, loader
+
+
+def test_report_shows_a_decomposition_alone_and_beside_tasks(induction_decomposition, tmp_path):
+    model, dec = induction_decomposition
+    rep = tls.report(model, [], decomposition=dec.rename({"part-0": "induction"}), card="induction-2l")
+    assert [k for k, _, _ in rep.sections] == ["card", "decomposition", "about"]
+    text = rep.save(tmp_path / "parts.html").read_text(encoding="utf-8")
+    _offline(text)
+    section = dict((k, body) for k, _, body in rep.sections)["decomposition"]
+    assert "data-section='decomposition'" in text and section in text
+    ev = dec.evaluations[0]
+    assert "<h3>induction</h3>" in section and html.escape(dec.labels[0]) in section
+    for ctx in dec.top_contexts(0, 5):
+        assert f"<code>{html.escape(str(ctx))}</code>" in section
+    assert section.count("<li><code>") == 5
+    # the evaluation numbers as the table prints them, the core, and the legend of values outside [0, 1]
+    for value in (ev.faithfulness, ev.core_necessity, ev.necessity_elsewhere, ev.loss_increase, ev.accuracy_drop):
+        assert f"<td>{value:.3f}</td>" in section, value
+    assert f"<td>{len(dec.parts[0])}</td>" in section
+    assert " ".join(str(c) for c in dec.cores[0]) in section
+    assert "above 1 the part alone does better" in section and "negative where ablating" in section
+    assert section.count('class="plotly-graph-div"') == 1  # the usage heat map
+
+    task = tls.zoo.task("induction-2l", "induction", n=8)
+    # beside tasks, and its parts as the sub-models evaluated on them (a Decomposition is no Factorization)
+    both = tls.report(model, [task], parts=dec, decomposition=dec)
+    assert [k for k, _, _ in both.sections] == ["card", "decomposition", *SECTIONS[1:]]
+    assert f"<td>{ev.loss_increase:.3f}</td>" in both.html
+    assert "<td>part-0</td>" in dict((k, body) for k, _, body in both.sections)["submodels"]
+
+
+def test_report_refuses_a_wrong_decomposition(induction_decomposition):
+    model, dec = induction_decomposition
+    with pytest.raises(tls.TLSubmodelsError, match="no tasks were given"):
+        tls.report(model, [], decomposition=dec, parts=dec.parts)
+    other = tls.zoo.load("multitask-3l")
+    with pytest.raises(tls.TLSubmodelsError, match="computed on a model of shape"):
+        tls.report(other, [], decomposition=dec)
+
+
+@pytest.mark.ill_typed
+def test_report_refuses_a_list_as_a_decomposition(induction_decomposition):
+    """Run without the run-time type checker (``make test`` runs ill_typed tests apart): report's own message."""
+    model, dec = induction_decomposition
+    task = tls.zoo.task("induction-2l", "induction", n=8)
+    with pytest.raises(
+        tls.TLSubmodelsError, match=r"takes a Decomposition from tls.decompose\(model, corpus\); got list"
+    ):
+        tls.report(model, [task], decomposition=dec.parts)  # type: ignore[arg-type]
 
 
 def test_report_refuses_bad_input():

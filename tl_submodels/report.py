@@ -3,7 +3,9 @@
 ``tls.report(model, tasks, parts=...)`` computes what a colleague needs to judge the sub-models:
 the model card, each task's scores, the sub-models with their evaluations, the prompt x sub-model
 usage (for a Factorization), one prompt's usage by position, the predictions with each sub-model
-ablated, the attention patterns of each sub-model's heads and the circuit graph. ``.save(path)``
+ablated, the attention patterns of each sub-model's heads and the circuit graph; with
+``decomposition=`` also the parts :func:`tl_submodels.decompose` found on a corpus (their labels,
+cores, top contexts, evaluations and usage), with or without tasks. ``.save(path)``
 writes one file with plotly.js and the circuitsvis bundle inlined once each (never a CDN link), so
 the file opens with no network.
 """
@@ -32,6 +34,7 @@ from tl_submodels import model as tlmodel
 from tl_submodels import viz
 from tl_submodels.ablation import Ablation
 from tl_submodels.components import Head, Kind
+from tl_submodels.decomposition import Decomposition, model_shape
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.task import Task, check_tasks
 
@@ -43,7 +46,10 @@ th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 th { background: #f4f4f4; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #555; font-size: 0.9em; }
+ol.contexts code { white-space: pre; }
 """
+
+TOP_CONTEXTS = 5  # predictions shown per part in the decomposition section
 
 
 @functools.cache
@@ -144,11 +150,57 @@ def _card_section(model: Any, card: dict[str, Any] | str | None) -> str:
     return out
 
 
+def _decomposition_blocks(dec: Decomposition) -> list[Any]:
+    """The decomposition section: the parts table, a legend of its numbers, each part's contexts, the usage map."""
+    frame = dec.to_frame()
+    frame.insert(3, "core size", [len(c) for c in dec.cores])
+    blocks: list[Any] = [
+        f"<p>{len(dec.parts)} part{'s' if len(dec.parts) != 1 else ''} of what the model does on a corpus of "
+        f"{len(dec.tokens)} sequences ({len(dec.usage)} next-token predictions counted), found without any task: "
+        f"{dec.method} effects of every component on every prediction, factorised; each part validated by "
+        f"{dec.ablation} ablation. A part's <i>predictions</i> are those that use it most.</p>",
+        frame,
+        "<ul class='note'>"
+        "<li><b>faithfulness</b>: with only the part kept and every other component ablated, the share of the "
+        "gap between the all-ablated and the full model (mean log p of the next token on the part's predictions) "
+        "that is restored; 1 is all of it, above 1 the part alone does better than the whole model, below 0 "
+        "worse than ablating everything.</li>"
+        "<li><b>core_necessity</b>: the share of that behaviour lost when only the core is ablated (0 to 1; 1: "
+        "the part's predictions fail without the core).</li>"
+        "<li><b>necessity_elsewhere</b>: the largest share any other part's predictions lose when this part is "
+        "ablated (0 to 1; near 0 means the part is specific).</li>"
+        "<li><b>loss_increase</b>: how much the mean loss (negative log p of the next token, in nats) rises on "
+        "the part's predictions when the part is ablated; not a share, so it can exceed 1, and it is negative "
+        "where ablating the part helps; <b>loss_increase_others</b>: the same on all other predictions.</li>"
+        "<li><b>accuracy_drop</b>: how much top-1 accuracy falls on the part's predictions when it is ablated "
+        "(-1 to 1; negative where ablating it helps); <b>accuracy_drop_others</b>: the same on all other "
+        "predictions. NaN: no prediction uses the part most.</li>"
+        "</ul>",
+    ]
+    for j, (p, c, lab) in enumerate(zip(dec.parts, dec.cores, dec.labels, strict=True)):
+        top = dec.top_contexts(j, TOP_CONTEXTS)
+        contexts = "".join(
+            f"<li><code>{html.escape(str(ctx))}</code> <span class='note'>(sequence {ctx.sequence}, position "
+            f"{ctx.position}, usage {ctx.usage:.3f})</span></li>"
+            for ctx in top
+        )
+        blocks.append(
+            f"<h3>{html.escape(p.name)}</h3><p>{html.escape(lab)}</p>"
+            f"<p class='note'>{len(p)} members: {html.escape(' '.join(str(x) for x in p))}<br>"
+            f"core ({len(c)}): {html.escape(' '.join(str(x) for x in c))}</p>"
+            f"<p>The {len(top)} predictions that use it most (tokens before <code>-&gt;</code> the next "
+            f"token):</p><ol class='contexts'>{contexts}</ol>"
+        )
+    blocks.append(viz.decomposition_heatmap(dec))
+    return blocks
+
+
 def report(
     model: Any,
     tasks: Sequence[Task],
     *,
     parts: Any = None,
+    decomposition: Decomposition | None = None,
     prompt: str | Int[Tensor, " pos"] | Sequence[int] | None = None,
     card: dict[str, Any] | str | None = None,
     ablation: Ablation = "mean",
@@ -161,9 +213,14 @@ def report(
 
     Args:
         model: a TransformerLens model in eval mode.
-        tasks: the behaviours (one or more Tasks over the model's vocabulary).
+        tasks: the behaviours (one or more Tasks over the model's vocabulary); may be empty when a
+            ``decomposition`` is given, and the report then has only the model card and the decomposition.
         parts: sub-models to report: a Factorization (its parts, evaluations and usage are used), a list or
-            ``{name: SubModel}`` dict; default: one circuit per task from :func:`tls.find_circuit`.
+            ``{name: SubModel}`` dict, or a Decomposition's parts (evaluated on ``tasks`` like a list);
+            default: one circuit per task from :func:`tls.find_circuit`.
+        decomposition: a :class:`Decomposition` from :func:`tls.decompose` on this model: adds a section
+            with each part's label, size, core, top contexts and evaluation (computed by ``decompose``,
+            with its own ablation), a legend of those numbers, and the parts' usage by position.
         prompt: the prompt for usage, predictions and attention patterns; default the first clean prompt
             of the first task.
         card: a model card dict or a zoo model's name; default: only the architecture is shown.
@@ -175,28 +232,59 @@ def report(
         title: the report's title.
         progress: show a tqdm bar over the steps.
 
+    Raises:
+        TLSubmodelsError: an unknown ablation, no tasks (and no decomposition), sub-models the model
+            lacks, or a ``decomposition`` that is not a Decomposition of a model of this shape.
+
     Example:
         >>> model = tls.zoo.load("induction-2l")  # doctest: +SKIP
         >>> task = tls.zoo.task("induction-2l", "induction")  # doctest: +SKIP
         >>> tls.report(model, [task], card="induction-2l").save("report.html")  # doctest: +SKIP
+        >>> dec = tls.decompose(model, tls.zoo.corpus("induction-2l", n=16), method="ablation")  # doctest: +SKIP
+        >>> tls.report(model, [], decomposition=dec, card="induction-2l").save("parts.html")  # doctest: +SKIP
     """
     from tl_submodels.discovery import find_circuit
     from tl_submodels.edges import attribute_edges
     from tl_submodels.evaluate import evaluate
     from tl_submodels.explain import _parts, explain, usage
+    from tl_submodels.factorize import Factorization
     from tl_submodels.patching import patch
 
     if ablation not in ("mean", "zero"):
         raise TLSubmodelsError(f"report ablates with 'mean' or 'zero', got {ablation!r}")
     info = tlmodel.check_model(model, ())
+    if decomposition is not None:
+        if not isinstance(decomposition, Decomposition):
+            raise TLSubmodelsError(
+                "decomposition= takes a Decomposition from tls.decompose(model, corpus); got "
+                f"{type(decomposition).__name__}. Pass a Factorization or a list of SubModels as parts= instead"
+            )
+        shape = model_shape(model)
+        if decomposition.model_shape and decomposition.model_shape != shape:
+            raise TLSubmodelsError(
+                f"the decomposition was computed on a model of shape {decomposition.model_shape}, but this model "
+                f"is {shape}; pass the model it was computed on"
+            )
+        for part in decomposition.parts:
+            part.validate(model)
+        if not tasks:
+            if parts is not None or prompt is not None:
+                raise TLSubmodelsError(
+                    "parts= and prompt= are reported on tasks, and no tasks were given; give tasks, or leave "
+                    "them out to report only the decomposition"
+                )
+            return _decomposition_report(model, decomposition, card, title)
     tasks = check_tasks(tasks, info.d_vocab)
     kinds = kinds or tuple(k for k in ("heads", "mlps") if k in info.kinds())
     reference = [t for task in tasks for t in (task.clean, task.corrupt)] if ablation == "mean" else None
-    factorization = parts if hasattr(parts, "usage") and hasattr(parts, "evaluations") else None
-    steps = tqdm(total=6, desc="report", disable=not progress)
+    factorization = parts if isinstance(parts, Factorization) else None
+    steps = tqdm(total=6 if decomposition is None else 7, desc="report", disable=not progress)
 
     rep = Report(title=title or f"tl_submodels report: {type(model).__name__} on {', '.join(t.name for t in tasks)}")
     rep.add("card", "Model", _card_section(model, card))
+    if decomposition is not None:
+        rep.add("decomposition", _decomposition_heading(decomposition), *_decomposition_blocks(decomposition))
+        steps.update()
 
     all_scores = []
     blocks: list[Any] = []
@@ -287,8 +375,27 @@ def report(
     )
     steps.update()
     steps.close()
+    _add_about(rep)
+    return rep
+
+
+def _decomposition_heading(dec: Decomposition) -> str:
+    return f"Parts found on a corpus without tasks (tls.decompose: {dec.method} effects, {dec.ablation} ablation)"
+
+
+def _decomposition_report(
+    model: Any, dec: Decomposition, card: dict[str, Any] | str | None, title: str | None
+) -> Report:
+    """The report of a decomposition alone: the model card, the decomposition, the versions."""
+    rep = Report(title=title or f"tl_submodels report: {type(model).__name__}, {len(dec.parts)} parts of a corpus")
+    rep.add("card", "Model", _card_section(model, card))
+    rep.add("decomposition", _decomposition_heading(dec), *_decomposition_blocks(dec))
+    _add_about(rep)
+    return rep
+
+
+def _add_about(rep: Report) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from tl_submodels import __version__
 
     rep.add("about", "About", f"<p class='note'>tl_submodels {__version__}, torch {torch.__version__}, {stamp}.</p>")
-    return rep
