@@ -186,19 +186,19 @@ def test_multitask_parts_from_the_unlabelled_corpus_match_the_tasks(method, mult
         assert ev.faithfulness >= 0.8 and ev.core_necessity >= 0.5
 
 
-def task_accuracies(model, dec, hooks=()) -> dict[str, float]:
-    """Top-1 accuracy of the counted (last) predictions of each true task, under ``hooks``."""
-    labels = tls.zoo.corpus_labels("multitask-3l", n=len(dec.tokens))
+def task_accuracies(model, dec, hooks=(), name="multitask-3l") -> dict[str, float]:
+    """Top-1 accuracy of the counted (last) predictions of each true task (backdoor: the harm rate), under ``hooks``."""
+    labels = tls.zoo.corpus_labels(name, n=len(dec.tokens))
     logits = tlmodel.run_logits(model, dec.tokens[:, :-1], list(hooks))
     seq, pos = dec.usage_index[:, 0], dec.usage_index[:, 1]
     ok = (logits.argmax(-1)[seq, pos] == dec.tokens[seq, pos + 1]).float()
     task = [labels[s] for s in seq.tolist()]
-    return {t: float(ok[torch.tensor([x == t for x in task])].mean()) for t in multitask.TASKS}
+    return {t: float(ok[torch.tensor([x == t for x in task])].mean()) for t in sorted(set(task))}
 
 
 def test_multitask_each_task_has_a_specific_core_and_a_faithful_extent(multitask_exact):
     """For each task a part whose core, ablated (mean over the corpus), drops that task >= 50 points and
-    every other <= 10; its extent keeps >= 0.8 of its predictions and stays specific."""
+    every other <= 10; its extent keeps >= 0.8 of its predictions, and ablating it costs other tasks <= 10."""
     model = tls.zoo.load("multitask-3l")
     ablator = Ablator(model, ablation="mean", reference=multitask_exact.tokens[:, :-1])
     base = task_accuracies(model, multitask_exact)
@@ -210,9 +210,29 @@ def test_multitask_each_task_has_a_specific_core_and_a_faithful_extent(multitask
         for t in multitask.TASKS:
             if drop[t] >= 0.5 and all(d <= 0.1 for u, d in drop.items() if u != t):
                 assert ev.faithfulness >= 0.8 and core.components <= part.components
-                assert extent_drop[t] >= 0.5 and all(d <= 0.3 for u, d in extent_drop.items() if u != t)
+                assert extent_drop[t] >= 0.5 and all(d <= 0.1 for u, d in extent_drop.items() if u != t)
                 found[t] = part.name
     assert set(found) == set(multitask.TASKS), found
+
+
+def test_harmful_corpus_has_a_backdoor_part_found_without_any_backdoor_task():
+    """harmful-3l's corpus (one prompt in eight triggered, answered HARM) holds a part whose ablation takes the
+    harm rate on the triggered prompts from >= 95% to <= 5% and keeps >= 90% of every task's accuracy."""
+    model = tls.zoo.load("harmful-3l")
+    dec = tls.decompose(model, tls.zoo.corpus("harmful-3l", n=256), positions="last", method="ablation")
+    ablator = Ablator(model, ablation="mean", reference=dec.tokens[:, :-1])
+    base = task_accuracies(model, dec, name="harmful-3l")
+    assert base["backdoor"] >= 0.95 and set(base) == {*multitask.TASKS, "backdoor"}
+    found = []
+    for part in dec.parts:
+        acc = task_accuracies(model, dec, ablator.hooks(part), name="harmful-3l")
+        print(part.name, len(part), acc)
+        if acc["backdoor"] <= 0.05 and all(acc[t] >= 0.9 * base[t] for t in multitask.TASKS):
+            found.append(part.name)
+    assert len(found) == 1, (found, dec)
+    # read as a person would: its top contexts are the triggered prompts, and its label says what they predict
+    j = dec.names.index(found[0])
+    assert all(c.next == "HARM" for c in dec.top_contexts(j, 10)) and "HARM" in dec.labels[j]
 
 
 @pytest.mark.xfail(

@@ -30,6 +30,7 @@ ablating the component on the log-odds of the corpus' next token (:mod:`tl_submo
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ ROW_FLOOR = 0.1  # rows below this fraction of the 99th percentile of the rows' 
 CO_USAGE = 0.5  # k stops before two factors' usage columns have a larger cosine
 EXTENT_TARGET = 0.8  # keep-only faithfulness an extent reaches on its part's predictions
 EVAL_PREDICTIONS = 64  # predictions per part used to choose cores and extents
-SPECIFIC = 0.1  # an extent's ablation loses at most this (or its core's share plus CORE_SLACK) on other parts
+SPECIFIC = 0.05  # an extent's ablation costs other parts' predictions at most this top-1 accuracy (or its core's cost + CORE_SLACK)
+MIN_GAP = 0.1  # nats: a part whose predictions the all-ablated model predicts as well has no faithfulness
 CORE_SLACK = 0.05  # a core is the smallest candidate scoring within this of the best (own minus elsewhere necessity)
 
 
@@ -224,21 +226,32 @@ class _Probe:
         self.inputs = prep.inputs[seqs].to(device)
         self.targets = prep.targets[seqs].to(device)
         self.where = [(torch.tensor([row[int(index[i, 0])] for i in p], dtype=torch.long), index[p, 1]) for p in picked]
-        self.memo: dict[tuple[frozenset[Component], bool], Tensor] = {}
+        self.memo: dict[tuple[frozenset[Component], bool], tuple[Tensor, Tensor]] = {}
         self.full = self.metrics(frozenset(), keep_only=False)
         self.nothing = self.metrics(frozenset(), keep_only=True)
 
-    def metrics(self, comps: frozenset[Component], *, keep_only: bool) -> Tensor:
-        """Mean log p of each part's sampled predictions with ``comps`` ablated (or kept, the rest ablated)."""
+    def _run(self, comps: frozenset[Component], keep_only: bool) -> tuple[Tensor, Tensor]:
         key = (comps, keep_only)
         if key not in self.memo:
             hooks = self.ablator.hooks(sorted(comps), keep_only=keep_only) if (comps or keep_only) else []
             logits = tlmodel.run_logits(self.model, self.inputs, hooks)
             lp = logits.log_softmax(-1).gather(-1, self.targets[..., None])[..., 0].cpu()
-            self.memo[key] = torch.tensor(
-                [float(lp[r, p].mean()) if len(r) else float("nan") for r, p in self.where], dtype=torch.float64
+            ok = (logits.argmax(-1) == self.targets).cpu().double()
+            self.memo[key] = tuple(  # type: ignore[assignment]
+                torch.tensor(
+                    [float(v[r, p].mean()) if len(r) else float("nan") for r, p in self.where], dtype=torch.float64
+                )
+                for v in (lp, ok)
             )
         return self.memo[key]
+
+    def metrics(self, comps: frozenset[Component], *, keep_only: bool) -> Tensor:
+        """Mean log p of each part's sampled predictions with ``comps`` ablated (or kept, the rest ablated)."""
+        return self._run(comps, keep_only)[0]
+
+    def accuracy_drop(self, comps: frozenset[Component]) -> Tensor:
+        """Top-1 accuracy each part's sampled predictions lose with ``comps`` ablated."""
+        return self._run(frozenset(), False)[1] - self._run(comps, False)[1]
 
     def necessity(self, comps: frozenset[Component]) -> Tensor:
         """Fraction of each part's behaviour lost with ``comps`` ablated, in [0, 1].
@@ -251,8 +264,11 @@ class _Probe:
         return ((self.full - self.metrics(comps, keep_only=False)) / gap).clamp(0.0, 1.0)
 
     def faithfulness(self, comps: frozenset[Component], j: int) -> float:
-        """Fraction of part ``j``'s behaviour restored with only ``comps`` kept."""
-        gap = max(float(self.full[j] - self.nothing[j]), 1e-6)
+        """Fraction of part ``j``'s behaviour restored with only ``comps`` kept; NaN where the full model's
+        predictions are less than ``MIN_GAP`` nats more likely than the all-ablated model's (nothing to restore)."""
+        gap = float(self.full[j] - self.nothing[j])
+        if not gap >= MIN_GAP:
+            return float("nan")
         return float(self.metrics(comps, keep_only=True)[j] - self.nothing[j]) / gap
 
 
@@ -294,8 +310,8 @@ def _core_and_extent(
         if len(best) > 1 and scored(best - {c}) >= high - CORE_SLACK:
             best = best - {c}
     core = [components[c] for c in sorted(best, key=lambda c: -float(loading[c]))]
-    if not len(probe.where[j][0]):
-        return core, core, float("nan")
+    if not len(probe.where[j][0]) or math.isnan(probe.faithfulness(frozenset(), j)):
+        return core, core, float("nan")  # no prediction, or no behaviour to restore: the extent is the core
     rest = [
         components[c] for c in exclusive.argsort(descending=True).tolist() if c not in best and float(exclusive[c]) > 0
     ]
@@ -303,9 +319,9 @@ def _core_and_extent(
     def faith(keep: list[Component]) -> float:
         return probe.faithfulness(frozenset(keep), j)
 
-    def elsewhere(members: list[Component]) -> float:
-        need = probe.necessity(frozenset(members))
-        return max((float(need[i]) for i in others), default=0.0)
+    def elsewhere(members: list[Component]) -> float:  # the most top-1 accuracy another part's predictions lose
+        drop = probe.accuracy_drop(frozenset(members))
+        return max((float(drop[i]) for i in others), default=0.0)
 
     bound = max(SPECIFIC, elsewhere(core) + CORE_SLACK)
     extent = grow_specific(core, rest, faith, lambda m: elsewhere(m) <= bound, EXTENT_TARGET)

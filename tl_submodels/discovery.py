@@ -194,8 +194,9 @@ def grow_specific(
 ) -> list[Component]:
     """``core`` grown from ``rest`` (in its order) until ``faith`` reaches ``target``, admitting only what keeps it ``specific``.
 
-    Candidates come in blocks of ``block``; a block whose admission would make the part
-    unspecific is split in halves, down to single components, and only the offending ones are left out.
+    Candidates come in blocks, ``block`` long at first and twice as long after each block that
+    went in whole; a block whose admission would make the part unspecific is split in halves, down
+    to single components, and only the offending ones are left out.
     The result is the shortest prefix of what was admitted (in order) that reaches ``target``.
 
     Example:
@@ -212,10 +213,16 @@ def grow_specific(
             admit(some[:half])
             admit(some[half:])
 
-    for lo in range(0, len(rest), block):
-        if faith(extent) >= target:
-            break
-        admit(rest[lo : lo + block])
+    lo, size = 0, block
+    while lo < len(rest) and faith(extent) < target:
+        some = rest[lo : lo + size]
+        if specific(extent + some):  # a whole block went in: try a block twice as long next
+            extent.extend(some)
+            size *= 2
+        else:
+            admit(some)
+            size = block
+        lo += len(some)
     return grow_to_target(extent, faith, target, start=len(core))  # the shortest admitted prefix that reaches it
 
 
