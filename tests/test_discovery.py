@@ -219,15 +219,18 @@ def test_attribution_plus_exact_patches_only_its_members_when_many(induction_mod
 
 
 def test_grow_specific_leaves_out_only_what_breaks_specificity_and_stops_at_the_target():
-    """Hand-made faithfulness and specificity: faith counts members; 'x' and 'y' make a part unspecific."""
-    calls = []
+    """Hand-made faithfulness and specificity: faith counts members; heads 'x' and 'y' make a part unspecific."""
+    head = {name: tls.Head(0, i) for i, name in enumerate("abcdefghxyz")}
+
+    def heads(names: str) -> list[tls.Component]:
+        return [head[n] for n in names]
 
     def specific(members):
-        calls.append(len(members))
-        return not {"x", "y"} & set(members)
+        return not set(heads("xy")) & set(members)
 
-    grown = discovery.grow_specific(["a"], list("bxcdyefgh"), lambda m: len(m) / 5, specific, 1.0, block=4)
-    assert grown == ["a", "b", "c", "d", "e"]  # x and y left out; the shortest admitted prefix reaching 1.0
-    assert discovery.grow_specific(["a"], list("xyz"), lambda m: 0.0, specific, 0.5) == ["a", "z"]  # never reached
+    grown = discovery.grow_specific(heads("a"), heads("bxcdyefgh"), lambda m: len(m) / 5, specific, 1.0, block=4)
+    assert grown == heads("abcde")  # x and y left out; the shortest admitted prefix reaching 1.0
+    never = discovery.grow_specific(heads("a"), heads("xyz"), lambda m: 0.0, specific, 0.5)
+    assert never == heads("az")  # the target is never reached: everything specific is admitted
     # growing from a core that already reaches the target admits nothing
-    assert discovery.grow_specific(list("abcde"), list("fgh"), lambda m: len(m) / 5, specific, 1.0) == list("abcde")
+    assert discovery.grow_specific(heads("abcde"), heads("fgh"), lambda m: len(m) / 5, specific, 1.0) == heads("abcde")

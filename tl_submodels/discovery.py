@@ -200,8 +200,10 @@ def grow_specific(
     The result is the shortest prefix of what was admitted (in order) that reaches ``target``.
 
     Example:
-        >>> grow_specific(["a"], list("bcxde"), lambda m: len(m) / 4, lambda m: "x" not in m, 1.0, block=2)
-        ['a', 'b', 'c', 'd']
+        >>> from tl_submodels import Head
+        >>> a, b, c, x, d = (Head(0, i) for i in range(5))
+        >>> grow_specific([a], [b, c, x, d], lambda m: len(m) / 4, lambda m: x not in m, 1.0, block=2)
+        [Head(0, 0), Head(0, 1), Head(0, 2), Head(0, 4)]
     """
     extent = list(core)
 
