@@ -90,10 +90,13 @@ tls.viz.mlp_bars(induction_scores)
 # `tls.factorize` builds a matrix with one row per prompt (of every task) and one column per
 # head and neuron: the prompt's exact noising effect of that component, normalised by its task's
 # clean-corrupt gap. Non-negative matrix factorisation splits it into `k` factors (k chosen by
-# held-out error), and each factor's members are chosen by *ablating* candidate sets: the set
-# that removes the factor's own task while sparing the others wins. Each part is named by the
-# task whose prompts use it most. (32 prompts a task keep this to about half a minute on one
-# CPU thread; use more for real work.)
+# held-out error). Each factor's *core* is chosen by ablating candidate sets: the set that removes
+# the factor's own task while sparing the others wins. A core is what the task cannot do
+# without, not the whole mechanism, so each *part* (`f.parts`) is the core grown until keeping
+# only the part (everything else mean-ablated) restores 0.8 of its task, admitting only
+# components that keep its ablation harmless to the other tasks; `f.cores` holds the cores.
+# Each part is named by the task whose prompts use it most. (32 prompts a task keep this to
+# about a minute on one CPU thread; use more for real work.)
 
 # %%
 f = tls.factorize(model, tasks)
@@ -102,7 +105,11 @@ f.to_frame()
 # %% [markdown]
 # How to read the table:
 #
+# * `size` and `core_size`: components in the part and in its core;
 # * `share_of_label_task`: how much of the part's use comes from its label task's prompts;
+# * `faithfulness`: the fraction of the label task's logit difference kept when *only* the part
+#   runs (everything else mean-ablated); 0.8 is the target of the growth, lower where it could
+#   not be reached without hurting another task;
 # * `necessity`: the fraction of the label task's logit difference lost when the part is
 #   mean-ablated, and `accuracy_drop` the accuracy lost;
 # * `max_accuracy_drop_elsewhere`: the most accuracy any *other* task loses when the part is

@@ -218,6 +218,20 @@ def test_attribution_plus_exact_patches_only_its_members_when_many(induction_mod
     assert tls.evaluate(induction_model, circuit, induction_task).faithfulness >= 0.9
 
 
+def test_grow_specific_stops_once_faithfulness_stalls():
+    """600 candidates, faithfulness stuck after the first 10: growth stops about ``patience`` candidates later."""
+    rest = [tls.Neuron(0, i) for i in range(600)]
+    seen = []
+
+    def faith(members):
+        seen.append(len(members))
+        return min(len(members), 11) / 20
+
+    grown = discovery.grow_specific([tls.Head(0, 0)], rest, faith, lambda m: True, 0.8, block=8, patience=64)
+    assert grown == [tls.Head(0, 0), *rest[:10]]
+    assert max(seen) <= 1 + 10 + 64 + 128  # the stall is noticed within a doubling block of the patience
+
+
 def test_grow_specific_leaves_out_only_what_breaks_specificity_and_stops_at_the_target():
     """Hand-made faithfulness and specificity: faith counts members; heads 'x' and 'y' make a part unspecific."""
     head = {name: tls.Head(0, i) for i, name in enumerate("abcdefghxyz")}
@@ -230,7 +244,10 @@ def test_grow_specific_leaves_out_only_what_breaks_specificity_and_stops_at_the_
 
     grown = discovery.grow_specific(heads("a"), heads("bxcdyefgh"), lambda m: len(m) / 5, specific, 1.0, block=4)
     assert grown == heads("abcde")  # x and y left out; the shortest admitted prefix reaching 1.0
-    never = discovery.grow_specific(heads("a"), heads("xyz"), lambda m: 0.0, specific, 0.5)
-    assert never == heads("az")  # the target is never reached: everything specific is admitted
+    # out of reach: the shortest admitted prefix within min_gain of the best faithfulness reached
+    assert discovery.grow_specific(heads("a"), heads("xyz"), lambda m: 0.0, specific, 0.5) == heads("a")
+    assert discovery.grow_specific(
+        heads("a"), heads("bxcdyefgh"), lambda m: min(len(m), 3) / 5, specific, 1.0
+    ) == heads("abc")
     # growing from a core that already reaches the target admits nothing
     assert discovery.grow_specific(heads("abcde"), heads("fgh"), lambda m: len(m) / 5, specific, 1.0) == heads("abcde")

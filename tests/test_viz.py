@@ -169,6 +169,7 @@ def test_evaluation_explanation_factorization_and_diff_pictures(drawn):
         k_errors={2: 0.0},
         ablation="zero",
         scorer="patch",
+        cores=[a, b],
     )
     z = np.asarray(fac.plot().data[0].z, dtype=float)
     np.testing.assert_allclose(z, usage[[1, 3, 4, 0, 2, 5]].numpy(), rtol=1e-6)

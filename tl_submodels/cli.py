@@ -291,12 +291,21 @@ def _factorize(args: argparse.Namespace) -> int:
     table = Table(
         title=f"sub-models of {args.model} ({args.scorer} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})"
     )
-    for col in ("part", "size", "necessity", "accuracy drop", "max drop elsewhere", "components"):
+    for col in (
+        "part",
+        "size",
+        "core",
+        "faithfulness",
+        "necessity",
+        "accuracy drop",
+        "max drop elsewhere",
+        "components",
+    ):
         table.add_column(col)
     for r in frame.to_dict(orient="records"):
         comps = r["components"] if len(r["components"]) < 60 else r["components"][:57] + "..."
-        table.add_row(r["part"], str(r["size"]), f"{r['necessity']:.2f}", f"{r['accuracy_drop']:.2f}",
-                      f"{r['max_accuracy_drop_elsewhere']:.2f}", comps)  # fmt: skip
+        table.add_row(r["part"], str(r["size"]), str(r["core_size"]), f"{r['faithfulness']:.2f}", f"{r['necessity']:.2f}",
+                      f"{r['accuracy_drop']:.2f}", f"{r['max_accuracy_drop_elsewhere']:.2f}", comps)  # fmt: skip
     console.print(table)
     if args.out:
         console.print(f"wrote {len(f.parts)} sub-models to {args.out}")

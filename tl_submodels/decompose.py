@@ -25,7 +25,7 @@ ablating the component on the log-odds of the corpus' next token (:mod:`tl_submo
    *extent* grows the core, most exclusive components first, until keeping only it (everything
    else ablated) restores ``EXTENT_TARGET`` of the behaviour on its predictions, admitting only
    components that keep its ablation specific (no other part's predictions lose more than
-   ``SPECIFIC`` top-1 accuracy, or the core's loss plus ``CORE_SLACK``): without that gate an
+   ``SPECIFIC`` top-1 accuracy, or the core's loss plus ``SPECIFIC_SLACK``): without that gate an
    extent takes in what other behaviours need (on multitask-3l the induction extent, ablated,
    cost majority 78 points). ``parts`` are the extents, ``cores`` the cores.
 5. **Labels.** Each part's top contexts, the current and next tokens over-represented in its
@@ -47,7 +47,7 @@ from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.components import Component, Kind
 from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
-from tl_submodels.discovery import grow_specific
+from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_SLACK, grow_specific
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.factorize import refine_by_validation
 from tl_submodels.nmf import nmf
@@ -64,9 +64,7 @@ from tl_submodels.tokeneffects import (
 
 ROW_FLOOR = 0.1  # rows below this fraction of the 99th percentile of the rows' norms are not factorised
 CO_USAGE = 0.5  # k stops before two factors' usage columns have a larger cosine
-EXTENT_TARGET = 0.8  # keep-only faithfulness an extent reaches on its part's predictions
 EVAL_PREDICTIONS = 64  # predictions per part used to choose cores and extents
-SPECIFIC = 0.05  # an extent's ablation costs other parts' predictions at most this top-1 accuracy (or its core's cost + CORE_SLACK)
 MIN_GAP = 0.1  # nats: a part whose predictions the all-ablated model predicts as well has no faithfulness
 CORE_SLACK = 0.05  # a core is the smallest candidate scoring within this of the best (own minus elsewhere necessity)
 
@@ -328,7 +326,7 @@ def _core_and_extent(
         drop = probe.accuracy_drop(frozenset(members))
         return max((float(drop[i]) for i in others), default=0.0)
 
-    bound = max(SPECIFIC, elsewhere(core) + CORE_SLACK)
+    bound = max(SPECIFIC, elsewhere(core) + SPECIFIC_SLACK)
     extent = grow_specific(core, rest, faith, lambda m: elsewhere(m) <= bound, EXTENT_TARGET)
     return core, extent, faith(extent)
 

@@ -183,6 +183,12 @@ def grow_to_target(
     return ranked[:k]
 
 
+EXTENT_TARGET = 0.8  # keep-only faithfulness a part's extent reaches on its behaviour (decompose, factorize)
+SPECIFIC = 0.05  # an extent's ablation costs any other behaviour at most this top-1 accuracy ...
+SPECIFIC_METRIC = 0.1  # factorize: nor more than this fraction of another task's metric gap ...
+SPECIFIC_SLACK = 0.05  # ... or its core's own cost there plus this
+
+
 def grow_specific(
     core: list[Component],
     rest: list[Component],
@@ -191,13 +197,18 @@ def grow_specific(
     target: float,
     *,
     block: int = 8,
+    patience: int = 256,
+    min_gain: float = 0.01,
 ) -> list[Component]:
     """``core`` grown from ``rest`` (in its order) until ``faith`` reaches ``target``, admitting only what keeps it ``specific``.
 
     Candidates come in blocks, ``block`` long at first and twice as long after each block that
     went in whole; a block whose admission would make the part unspecific is split in halves, down
-    to single components, and only the offending ones are left out.
-    The result is the shortest prefix of what was admitted (in order) that reaches ``target``.
+    to single components, and only the offending ones are left out. Growth stops early once the
+    last ``patience`` candidates together raised ``faith`` by less than ``min_gain``: the target
+    is out of reach of what stays specific, and more members would only make the part bigger.
+    The result is the shortest prefix of what was admitted (in order) that reaches ``target``, or,
+    where none does, that comes within ``min_gain`` of the best reached.
 
     Example:
         >>> from tl_submodels import Head
@@ -207,16 +218,17 @@ def grow_specific(
     """
     extent = list(core)
 
-    def admit(some: list[Component]) -> None:
-        if specific(extent + some):
-            extent.extend(some)
-        elif len(some) > 1:
-            half = len(some) // 2
-            admit(some[:half])
-            admit(some[half:])
+    def admit(some: list[Component]) -> None:  # ``some`` as a whole is not specific: split it
+        if len(some) > 1:
+            for part in (some[: len(some) // 2], some[len(some) // 2 :]):
+                if specific(extent + part):
+                    extent.extend(part)
+                else:
+                    admit(part)
 
     lo, size = 0, block
-    while lo < len(rest) and faith(extent) < target:
+    reached = [(0, faith(extent))]  # (candidates examined, faithfulness)
+    while lo < len(rest) and reached[-1][1] < target:
         some = rest[lo : lo + size]
         if specific(extent + some):  # a whole block went in: try a block twice as long next
             extent.extend(some)
@@ -225,7 +237,13 @@ def grow_specific(
             admit(some)
             size = block
         lo += len(some)
-    return grow_to_target(extent, faith, target, start=len(core))  # the shortest admitted prefix that reaches it
+        reached.append((lo, faith(extent)))
+        before = [f for n, f in reached if n <= lo - patience]
+        if before and reached[-1][1] - before[-1] < min_gain:
+            break
+    best = max(f for _, f in reached)
+    goal = target if best >= target else best - min_gain
+    return grow_to_target(extent, faith, goal, start=len(core))  # the shortest admitted prefix that reaches it
 
 
 def _shortest_reaching(ordered: list[Component], faith: Any, target: float) -> list[Component]:
