@@ -134,15 +134,17 @@ dec
 # %% [markdown]
 # ## Compare with the truth
 #
-# Group each prompt by the part it uses most (its usage summed over its counted predictions;
-# here there is one a prompt; a prompt that uses no part at all goes to `(none)`), and compare
+# Group each prompt by the part it uses most: `dec.sequence_usage()` sums its counted predictions'
+# usage (here there is one a prompt) and divides each part's column by its mean over the corpus,
+# so a part that every prompt leans on a little does not take every prompt; a prompt that uses no
+# part at all goes to `(none)`. Then compare
 # the grouping with the true tasks: the table counts the prompts of each true task (rows) in
 # each part (columns), and the adjusted Rand index is 1 for the same partition and near 0 for a
 # random one.
 
 # %%
 truth = tls.zoo.corpus_labels("multitask-3l", n=256, seed=0)
-by_prompt = torch.zeros(len(corpus), len(dec.parts)).index_add_(0, dec.usage_index[:, 0], dec.usage)
+by_prompt = dec.sequence_usage()
 most = by_prompt.argmax(1).tolist()
 group = [dec.names[j] if used > 0 else "(none)" for j, used in zip(most, by_prompt.sum(1).tolist(), strict=True)]
 

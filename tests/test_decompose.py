@@ -156,56 +156,99 @@ def test_induction_part_holds_the_induction_circuit_and_is_used_on_the_second_co
     assert float(use[seen_before].mean()) >= 5 * float(use[~seen_before].mean())
 
 
-ATP_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="AtP effects group the prompts less well than exact ones (measured at n=256: k=4, ARI 0.64; exact 0.95): "
-    "AtP misses effects through saturated attention (see the induction test above)",
-)
-
-
 @pytest.fixture(scope="module")
 def multitask_exact():
     model = tls.zoo.load("multitask-3l")
     return tls.decompose(model, tls.zoo.corpus("multitask-3l", n=256), positions="last", method="ablation")
 
 
-@pytest.mark.parametrize("method", [pytest.param("atp", marks=ATP_XFAIL), "ablation"])
-def test_multitask_parts_from_the_unlabelled_corpus_match_the_tasks(method, multitask_exact):
-    n = 256
-    if method == "ablation":
-        dec = multitask_exact
-    else:
-        dec = tls.decompose(tls.zoo.load("multitask-3l"), tls.zoo.corpus("multitask-3l", n=n), positions="last")
-    labels = tls.zoo.corpus_labels("multitask-3l", n=n)
-    per_prompt = torch.zeros(n, len(dec.parts)).index_add_(0, dec.usage_index[:, 0], dec.usage)
-    ari = adjusted_rand_index(labels, per_prompt.argmax(1).tolist())
-    print(f"{method}: k={len(dec.parts)} ARI={ari:.3f}", dec)
-    assert ari >= 0.8
-    assert len(dec.parts) == 4
+@pytest.fixture(scope="module")
+def multitask_atp():
+    return tls.decompose(tls.zoo.load("multitask-3l"), tls.zoo.corpus("multitask-3l", n=256), positions="last")
+
+
+@pytest.mark.parametrize("method", ["atp", "ablation"])
+def test_multitask_parts_from_the_unlabelled_corpus_match_the_tasks(method, request, multitask_exact):
+    """Sequences grouped by the part they use most (relative to the typical sequence) match the tasks, and AtP's
+    grouping agrees with exact ablation's."""
+    dec = request.getfixturevalue("multitask_atp" if method == "atp" else "multitask_exact")
+    labels = tls.zoo.corpus_labels("multitask-3l", n=len(dec.tokens))
+    grouped = dec.sequence_usage().argmax(1).tolist()
+    ari = adjusted_rand_index(labels, grouped)
+    agreement = adjusted_rand_index(multitask_exact.sequence_usage().argmax(1).tolist(), grouped)
+    print(f"{method}: k={len(dec.parts)} ARI={ari:.3f} agreement with exact={agreement:.3f}", dec)
+    assert len(dec.parts) == 4 and ari >= 0.8 and agreement >= 0.8, (ari, agreement)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            "atp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="AtP's loadings rank the components less well than exact ones: the majority part's extent stops "
+                "at faithfulness 0.69 (337 members around a core of 53)",
+            ),
+        ),
+        "ablation",
+    ],
+)
+def test_multitask_parts_are_faithful_and_their_cores_necessary(method, request):
+    dec = request.getfixturevalue("multitask_atp" if method == "atp" else "multitask_exact")
     for ev in dec.evaluations:
-        assert ev.faithfulness >= 0.8 and ev.core_necessity >= 0.5
+        assert ev.faithfulness >= 0.8 and ev.core_necessity >= 0.5, ev
+
+
+@pytest.fixture(scope="module")
+def multitask_every_position():
+    model = tls.zoo.load("multitask-3l")
+    return tls.decompose(model, tls.zoo.corpus("multitask-3l", n=256), method="ablation")
+
+
+def test_every_position_counted_the_sequences_still_group_by_task(multitask_every_position):
+    """The default positions (every prediction: most of them of tokens nothing can predict) give the same
+    k and, read per sequence relative to the typical one, the tasks (measured: ARI 1.0; summed, 0.53)."""
+    dec = multitask_every_position
+    labels = tls.zoo.corpus_labels("multitask-3l", n=len(dec.tokens))
+    assert len(dec.parts) == 4 and len(dec.usage) == dec.tokens.shape[0] * (dec.tokens.shape[1] - 1)
+    assert adjusted_rand_index(labels, dec.sequence_usage().argmax(1).tolist()) >= 0.8
+    summed = dec.sequence_usage(relative=False)
+    assert torch.allclose(summed.sum(0), dec.usage.sum(0), rtol=1e-4)  # every prediction counted once
 
 
 def task_accuracies(model, dec, hooks=(), name="multitask-3l") -> dict[str, float]:
-    """Top-1 accuracy of the counted (last) predictions of each true task (backdoor: the harm rate), under ``hooks``."""
+    """Top-1 accuracy of each true task's answers (each sequence's last prediction; backdoor: the harm rate)."""
     labels = tls.zoo.corpus_labels(name, n=len(dec.tokens))
     logits = tlmodel.run_logits(model, dec.tokens[:, :-1], list(hooks))
-    seq, pos = dec.usage_index[:, 0], dec.usage_index[:, 1]
+    seq = torch.arange(len(dec.tokens))
+    pos = torch.full_like(seq, dec.tokens.shape[1] - 2)  # the zoo corpora's sequences are all one length
     ok = (logits.argmax(-1)[seq, pos] == dec.tokens[seq, pos + 1]).float()
     task = [labels[s] for s in seq.tolist()]
     return {t: float(ok[torch.tensor([x == t for x in task])].mean()) for t in sorted(set(task))}
 
 
-def test_multitask_each_task_has_a_specific_core_and_a_faithful_extent(multitask_exact):
+EVERY_POSITION_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="with every position counted, each part's predictions are mostly not its task's answers, so cores and "
+    "extents are chosen on the wrong predictions (measured: every part's sampled predictions leave under 0.1 nat to "
+    "restore, so no faithfulness and no extent; cores: majority's drops successor 16 points, successor's L0H1 drops it "
+    "9, addition's L2N120 drops it 31; induction's drops it 95 and nothing else)",
+)
+
+
+@pytest.mark.parametrize("positions", ["last", pytest.param("every", marks=EVERY_POSITION_XFAIL)])
+def test_multitask_each_task_has_a_specific_core_and_a_faithful_extent(positions, request):
     """For each task a part whose core, ablated (mean over the corpus), drops that task >= 50 points and
     every other <= 10; its extent keeps >= 0.8 of its predictions, and ablating it costs other tasks <= 10."""
+    dec = request.getfixturevalue("multitask_exact" if positions == "last" else "multitask_every_position")
     model = tls.zoo.load("multitask-3l")
-    ablator = Ablator(model, ablation="mean", reference=multitask_exact.tokens[:, :-1])
-    base = task_accuracies(model, multitask_exact)
+    ablator = Ablator(model, ablation="mean", reference=dec.tokens[:, :-1])
+    base = task_accuracies(model, dec)
     found = {}
-    for part, core, ev in zip(multitask_exact.parts, multitask_exact.cores, multitask_exact.evaluations, strict=True):
-        drop = {t: base[t] - a for t, a in task_accuracies(model, multitask_exact, ablator.hooks(core)).items()}
-        extent_drop = {t: base[t] - a for t, a in task_accuracies(model, multitask_exact, ablator.hooks(part)).items()}
+    for part, core, ev in zip(dec.parts, dec.cores, dec.evaluations, strict=True):
+        drop = {t: base[t] - a for t, a in task_accuracies(model, dec, ablator.hooks(core)).items()}
+        extent_drop = {t: base[t] - a for t, a in task_accuracies(model, dec, ablator.hooks(part)).items()}
         print(part.name, len(core), len(part), f"faith {ev.faithfulness:.2f}", drop, extent_drop)
         for t in multitask.TASKS:
             if drop[t] >= 0.5 and all(d <= 0.1 for u, d in drop.items() if u != t):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -110,6 +111,26 @@ class Decomposition:
         """Bool ``[prediction]``: the predictions whose most-used part is ``part``."""
         j = self._index(part)
         return (self.usage.argmax(1) == j) & (self.usage.sum(1) > 0)
+
+    def sequence_usage(self, *, relative: bool = True) -> Float[Tensor, "sequence part"]:
+        """How much each corpus sequence uses each part: its counted predictions' usage summed.
+
+        With ``relative`` (the default) each part's column is divided by its mean over the
+        sequences, so a sequence's largest entry is the part it uses *more than a typical sequence
+        does*. Read which behaviour a whole sequence is with it: counted over every position, a
+        part that many predictions lean on a little (the tokens after a prompt's first word, say)
+        otherwise outweighs the part its answer needs (on multitask-3l's corpus, sequences grouped
+        by their largest summed use match the tasks with adjusted Rand index 0.53; relative, 1.0).
+
+        Example:
+            >>> dec.sequence_usage().argmax(1)  # doctest: +SKIP
+            tensor([2, 0, 3, ...])
+        """
+        out = torch.zeros(len(self.tokens), len(self.parts), dtype=self.usage.dtype)
+        out.index_add_(0, self.usage_index[:, 0], self.usage)
+        if relative:
+            out = out / out.mean(0, keepdim=True).clamp_min(1e-30)
+        return out
 
     def top_contexts(self, part: int | str, n: int = 10, *, window: int = 8) -> list[Context]:
         """The ``n`` predictions that use ``part`` most, each with ``window`` tokens before it.
