@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import assert_same_weights, hook_count, make_mlp_task, random_tl_state, weights_snapshot
@@ -283,6 +285,11 @@ def test_edges_out_of_a_writer_add_up_to_its_node_score(which, request):
     # only later components read a writer's output
     assert torch.isnan(edges.scores[edges.writers.index("L1H0"), edges.readers.index(edges.readers[0])])
     assert abs(edges.top(1)[0][2]) == pytest.approx(float(torch.nan_to_num(edges.scores).abs().max()))
+    # unreachable edges (a reader before its writer: NaN) are never listed, even when k asks for every edge
+    reachable = int((~edges.scores.isnan()).sum())
+    assert reachable < edges.scores.numel()
+    listed = edges.top(edges.scores.numel())
+    assert len(listed) == reachable and not any(math.isnan(v) for _, _, v in listed)
 
 
 @pytest.mark.skipif(tls.TL_LINE != 4, reason="TL 4's attribution_patch and the HF-backed bridge are TL 4 only")

@@ -217,3 +217,12 @@ def test_a_small_memory_budget_scores_the_examples_in_chunks(mlp_model, mlp_task
     assert chunked.clean_metric == pytest.approx(whole.clean_metric, abs=1e-5)
     with pytest.raises(tls.TLSubmodelsError, match="below what one example needs"):
         tls.patch(mlp_model, mlp_task, kinds=kinds, max_memory_mb=per_example / 10)
+
+
+def test_per_position_default_kinds_are_heads_and_mlps(mlp_model, mlp_task):
+    """The docstring's default: per position, heads and MLP layers (neurons are scored over all positions)."""
+    s = tls.patch(mlp_model, mlp_task, per_position=True)
+    seq = mlp_task.clean.shape[1]
+    assert s.heads.shape == (3, seq, 4) and s.mlps.shape == (3, seq) and s.neurons is None
+    torch.testing.assert_close(s.mlps, tls.patch(mlp_model, mlp_task, kinds=("mlps",), per_position=True).mlps)
+    assert tls.patch(mlp_model, mlp_task).neurons is not None  # over all positions the default has every kind

@@ -115,7 +115,7 @@ ALGEBRA_INFO = tlmodel.ModelInfo(
     n_layers=2, n_heads=3, d_head=4, d_model=8, d_mlp=3, d_vocab=10, n_ctx=MAX_SEQ, attn_only=False
 )
 
-MLP_INFO = tlmodel.ModelInfo(**{k: MLP_CFG[k] for k in tlmodel.ModelInfo.__dataclass_fields__})
+MLP_INFO = tlmodel.ModelInfo(**{k: MLP_CFG[k] for k in tlmodel.ModelInfo.__dataclass_fields__ if k in MLP_CFG})
 
 
 def universe(info: tlmodel.ModelInfo, *, neurons: bool = True, positions: bool = True) -> SubModel:

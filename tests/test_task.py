@@ -112,3 +112,30 @@ def test_metric_errors(mlp_model, mlp_task):
     for fn in (scalar, matrix):
         with pytest.raises(tls.TLSubmodelsError, match="must return one value per example"):
             mlp_task.replace(metric_fn=fn, metric_name=fn.__name__).metric(logits)
+
+
+def test_answers_must_be_outputs_of_the_unembedding(mlp_state):
+    """A model whose unembedding has fewer outputs (d_vocab_out 20) than inputs (d_vocab 50): an answer id of 30
+    is refused when the task is built, not by a raw index error inside patch."""
+    from conftest import MLP_CFG
+
+    cfg = dict(MLP_CFG, d_vocab_out=20)
+    state = dict(
+        mlp_state, **{"unembed.W_U": mlp_state["unembed.W_U"][:, :20], "unembed.b_U": mlp_state["unembed.b_U"][:20]}
+    )
+    model = tls.model.build_from_tl_checkpoint(cfg, state)
+    clean = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(0))
+    corrupt = clean.clone()
+    corrupt[:, 3] = (corrupt[:, 3] + 1) % 50
+    with pytest.raises(tls.TLSubmodelsError, match="d_vocab_out=20"):
+        tls.Task.from_tokens(model, clean=clean, corrupt=corrupt, answer=[30, 1, 2, 3], wrong=[4, 5, 6, 7])
+    assert tls.model.model_info(model).d_vocab_out == 20
+    # inputs above 20 are fine; answers below it work through patch
+    task = tls.Task.from_tokens(model, clean=clean, corrupt=corrupt, answer=[19, 1, 2, 3], wrong=[4, 5, 6, 7])
+    assert tls.patch(model, task, kinds=("heads",)).heads.shape == (3, 4)
+    # a task built for the inputs alone (by hand, without the model) is refused by the scorers, with what to do
+    by_hand = tls.Task(
+        clean=clean, corrupt=corrupt, answer=torch.tensor([30, 1, 2, 3]), wrong=torch.tensor([4, 5, 6, 7]), d_vocab=50
+    )
+    with pytest.raises(tls.TLSubmodelsError, match="d_vocab_out=20"):
+        tls.patch(model, by_hand, kinds=("heads",))

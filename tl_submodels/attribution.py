@@ -55,8 +55,8 @@ def attribute(
         model: a TransformerLens model in eval mode.
         task: the clean/corrupt prompts and metric.
         method: ``"atp"`` (one forward and backward) or ``"ig"`` (integrated gradients per site).
-        kinds: any of ``"heads"``, ``"neurons"``, ``"mlps"`` (default: heads, and mlps where the
-            model has MLPs).
+        kinds: any of ``"heads"``, ``"neurons"``, ``"mlps"`` (default: every kind the model has:
+            heads, and neurons and mlps where it has MLPs; with ``per_position``, heads and mlps).
         per_position: heads and MLP layers per position (``[layer, pos, head]``, ``[layer, pos]``).
         direction: ``"denoising"`` (gradients at the corrupt run, towards clean) or ``"noising"``.
         steps: interpolation steps for ``"ig"`` (midpoint rule).

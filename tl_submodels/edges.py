@@ -51,11 +51,13 @@ class Edges:
     task: str
 
     def top(self, k: int = 10) -> list[tuple[str, str, float]]:
-        """The ``k`` edges with the largest absolute score."""
-        flat = torch.nan_to_num(self.scores, nan=0.0).abs().flatten()
-        order = flat.argsort(descending=True)[:k].tolist()
+        """The ``k`` edges with the largest absolute score; unreachable edges (NaN: a reader before its
+        writer) are left out."""
+        flat = self.scores.flatten()
+        scored = (~flat.isnan()).nonzero()[:, 0]
+        order = scored[flat[scored].abs().argsort(descending=True)[:k]].tolist()
         n = len(self.readers)
-        return [(self.writers[i // n], self.readers[i % n], float(self.scores.flatten()[i])) for i in order]
+        return [(self.writers[i // n], self.readers[i % n], float(flat[i])) for i in order]
 
     def to_frame(self) -> Any:
         """A pandas DataFrame with one row per edge: writer, reader, score, raw."""

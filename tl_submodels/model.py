@@ -122,6 +122,7 @@ class ModelInfo:
     d_vocab: int
     n_ctx: int
     attn_only: bool
+    d_vocab_out: int = 0  # the unembedding's outputs (0: as many as d_vocab)
 
     @property
     def has_mlps(self) -> bool:
@@ -215,6 +216,7 @@ def model_info(model: Any) -> ModelInfo:
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(getattr(cfg, "n_ctx", 0) or 0) or 1 << 30,
         attn_only=attn_only,
+        d_vocab_out=max(0, int(getattr(cfg, "d_vocab_out", 0) or 0)),
     )
 
 

@@ -75,8 +75,8 @@ def patch(
     Args:
         model: a TransformerLens model in eval mode.
         task: the clean/corrupt prompts and metric.
-        kinds: any of ``"heads"``, ``"neurons"``, ``"mlps"`` (default: heads, and mlps where the
-            model has MLPs).
+        kinds: any of ``"heads"``, ``"neurons"``, ``"mlps"`` (default: every kind the model has:
+            heads, and neurons and mlps where it has MLPs; with ``per_position``, heads and mlps).
         per_position: heads and MLP layers patched at one position at a time
             (``Scores.heads`` becomes ``[layer, pos, head]``, ``Scores.mlps`` ``[layer, pos]``).
         direction: ``"denoising"`` (run corrupt, patch in clean; the score is the fraction of

@@ -210,7 +210,9 @@ def check_scoring(
 ) -> tuple[ModelInfo, tuple[Kind, ...], Task]:
     """The checks every scorer makes: model, kinds, direction, vocabulary; the task on the model's device."""
     info = tlmodel.check_model(model, ())
-    kinds = check_kinds(kinds if kinds is not None else info.kinds())
+    if kinds is None:  # every kind the model has; per position, heads and MLP layers (neurons are scored over all)
+        kinds = tuple(k for k in info.kinds() if not (per_position and k == "neurons"))
+    kinds = check_kinds(kinds)
     tlmodel.check_model(model, kinds)
     if direction not in ("denoising", "noising"):
         raise TLSubmodelsError(f"direction must be 'denoising' or 'noising', got {direction!r}")
@@ -220,6 +222,14 @@ def check_scoring(
         raise TLSubmodelsError(
             f"task {task.name!r} was built for d_vocab={task.d_vocab}, the model has d_vocab={info.d_vocab}"
         )
+    outputs = info.d_vocab_out or info.d_vocab
+    for name in ("answer", "wrong"):
+        ids = getattr(task, name)
+        if ids is not None and int(ids.max()) >= outputs:
+            raise TLSubmodelsError(
+                f"task {task.name!r}: {name} holds token id {int(ids.max())}, but the model's unembedding has only "
+                f"d_vocab_out={outputs} outputs: build the task with answers the model can predict"
+            )
     return info, kinds, task.to(tlmodel.first_param_device(model))
 
 

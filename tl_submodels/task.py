@@ -46,6 +46,8 @@ class Task:
         position: ``[batch]`` where the metric reads the logits; None for the last position.
         metric_name: one of ``logit_diff``, ``prob``, ``logprob``, ``kl``, or a custom metric's name.
         reference: ``[batch, d_vocab]`` the clean run's final logits (used by ``kl``).
+        d_vocab: the model's input vocabulary; d_vocab_out: its unembedding's outputs where fewer
+            (None: as many), which ``answer`` and ``wrong`` must index.
 
     Example:
         >>> task = tls.zoo.task("induction-2l", "induction", n=8)
@@ -63,6 +65,7 @@ class Task:
     reference: Float[Tensor, "batch d_vocab"] | None = field(default=None, repr=False, compare=False)
     d_vocab: int
     name: str = "task"
+    d_vocab_out: int | None = None
 
     def __post_init__(self) -> None:
         clean = _as_tokens(self.clean, "clean")
@@ -95,6 +98,14 @@ class Task:
                 bad = t[(t < 0) | (t >= self.d_vocab)][0].item()
                 raise TLSubmodelsError(
                     f"{name} holds token id {bad}, outside the model's vocabulary (d_vocab={self.d_vocab}, ids 0-{self.d_vocab - 1})"
+                )
+        outputs = self.d_vocab_out or self.d_vocab
+        for name in ("answer", "wrong"):
+            t = getattr(self, name)
+            if t is not None and t.max() >= outputs:
+                raise TLSubmodelsError(
+                    f"{name} holds token id {t.max().item()}, but the model's unembedding has only d_vocab_out="
+                    f"{outputs} outputs (ids 0-{outputs - 1}): an answer must be a token the model can predict"
                 )
         if self.position is not None and (self.position.min() < 0 or self.position.max() >= seq):
             raise TLSubmodelsError(f"position must index the sequence (0-{seq - 1}); got {self.position.tolist()}")
@@ -155,6 +166,7 @@ class Task:
             metric_name="logprob" if needs_reference else metric_name,  # kl is set below, once inputs are checked
             metric_fn=metric_fn,
             d_vocab=info.d_vocab,
+            d_vocab_out=info.d_vocab_out if 0 < info.d_vocab_out != info.d_vocab else None,  # None: as many as inputs
             name=name,
         )
         if task.clean.shape[1] > info.n_ctx:
