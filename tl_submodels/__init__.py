@@ -29,6 +29,7 @@ from tl_submodels.report import Report, report
 from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
+from tl_submodels.trace import Trace, trace
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "SubModel",
     "TLSubmodelsError",
     "Task",
+    "Trace",
     "Usage",
     "__version__",
     "ablated",
@@ -74,6 +76,7 @@ __all__ = [
     "parse_component",
     "patch",
     "report",
+    "trace",
     "usage",
     "viz",
     "zoo",

@@ -147,6 +147,12 @@ class Ablator:
         self.model, self.ablation, self.refs = model, ablation, refs
         self.per_position, self.seed = per_position, seed
         self.info = tlmodel.model_info(model)
+        too_long = [int(r.shape[1]) for r in refs if r.shape[1] > self.info.n_ctx]
+        if too_long:
+            raise TLSubmodelsError(
+                f"reference prompts of {too_long[0]} tokens are longer than the model's context n_ctx={self.info.n_ctx}: "
+                f"cut them (reference[:, :{self.info.n_ctx}])"
+            )
         self._ref_acts: dict[str, Tensor] = {}
 
     def hooks(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:

@@ -22,6 +22,7 @@ from tl_submodels.viz.charts import (
     plot_scores,
     plot_usage,
     scores_heatmap,
+    trace_heatmap,
     usage_heatmap,
     usage_positions,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "plot_usage",
     "scores_heatmap",
     "summary_html",
+    "trace_heatmap",
     "usage_heatmap",
     "usage_positions",
     "usage_tokens",

@@ -319,3 +319,31 @@ def decomposition_heatmap(decomposition: Any, *, title: str | None = None) -> go
     )
     fig.update_layout(xaxis_title="position of the prediction (predicts the token after it)", yaxis_title="part")
     return fig
+
+
+def trace_heatmap(trace: Any, *, title: str | None = None) -> go.Figure:
+    """A Trace as a part x step heat map of use: the chosen token of each step on the x axis, and in
+    each cell the token the model would have chosen with that part ablated.
+
+    Example:
+        >>> fig = tls.viz.trace_heatmap(tls.trace(model, prompt, parts, reference=ref))  # or tr.plot()  # doctest: +SKIP
+    """
+    for attr in ("use", "part_names", "tokens", "counterfactual"):
+        if not hasattr(trace, attr):
+            raise TLSubmodelsError(f"trace_heatmap needs a Trace (from tls.trace); got {type(trace).__name__}")
+    words = trace.words or [str(t) for t in trace.tokens]
+    x = [f"{t}:{w}" for t, w in enumerate(words)]
+    instead = trace.counterfactual_words or [[str(int(i)) for i in row] for row in trace.counterfactual]
+    text = [[instead[t][j] for t in range(trace.steps)] for j in range(len(trace.part_names))]
+    ablated = f", with {', '.join(trace.ablated)} ablated" if trace.ablated else ""
+    fig = _figure(
+        title or f"Use of each part at each step{ablated} (nats; cells: the token chosen without it)",
+        height=200 + 40 * len(trace.part_names),
+    )
+    heat = _diverging(
+        trace.use.T, x, list(trace.part_names), "%{y} at step %{x}: %{z:.3f} nats, else %{text}<extra></extra>", "use"
+    )
+    heat.update(text=text, texttemplate="%{text}")
+    fig.add_trace(heat)
+    fig.update_layout(xaxis_title="step:chosen token", yaxis_title="part", yaxis_autorange="reversed")
+    return fig
