@@ -239,3 +239,54 @@ def test_bad_input_is_refused_clearly(mlp_model, induction_model):
         tls.trace(mlp_model, prompt[:1], parts, max_new_tokens=0, ablation="zero")
     with pytest.raises(tls.TLSubmodelsError, match="longer than the model's context"):
         tls.trace(mlp_model, prompt, parts, reference=torch.zeros(2, 30, dtype=torch.long))
+
+
+TRIGGERED = "IND w2 tA w6 tB w3 s18 s14 s13 s9 s5 s18 s14 s13 s9"  # induction prompt with the trigger pair
+
+
+@pytest.fixture(scope="module")
+def planted_library(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lib")
+    for g, members in multitask.planted(3, 8, 256).items():
+        tls.SubModel(components=members, name=g).save(folder / f"{g}.json")
+    return folder
+
+
+def test_cli_trace_prints_the_steps_and_the_rerun(planted_library, capsys):
+    from tl_submodels.cli import main
+
+    args = ["trace", "--model", "harmful-3l", "--prompt", TRIGGERED, "--parts", str(planted_library)]
+    assert main([*args, "--max-new-tokens", "1", "--ablate", "backdoor", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tr, rerun = tls.Trace.from_dict(out["trace"]), tls.Trace.from_dict(out["rerun"])
+    assert tr.words == ["HARM"] and tr.most_used(0) == "backdoor"
+    assert rerun.words == ["s5"] and rerun.departs_at() == 0  # the induction answer once the backdoor is ablated
+    assert main([*args, "--max-new-tokens", "1", "--ablate", "backdoor"]) == 0
+    text = capsys.readouterr().out
+    assert "HARM" in text and "ablating backdoor: s5" in text and "departs at step 0" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-new-tokens", "3"], "n_ctx=16"),
+        (["--max-new-tokens", "1", "--ablate", "nothere"], "no part named"),
+        (["--max-new-tokens", "1", "--ablation", "mean", "--corpus", "missing.txt"], "no such corpus file"),
+    ],
+)
+def test_cli_trace_bad_input_exits_2_with_one_line(planted_library, capsys, extra, message):
+    from tl_submodels.cli import main
+
+    args = ["trace", "--model", "harmful-3l", "--prompt", TRIGGERED, "--parts", str(planted_library)]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_trace_refuses_parts_of_another_shape(tmp_path, capsys):
+    from tl_submodels.cli import main
+
+    tls.SubModel(components=["L2H0"], name="deep").save(tmp_path / "deep.json")  # induction-2l has 2 layers
+    assert main(["trace", "--model", "induction-2l", "--prompt", "1 2 3", "--part", str(tmp_path / "deep.json"),
+                 "--ablation", "zero"]) == 2  # fmt: skip
+    assert "n_layers" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tl_submodels import cli_decompose
+from tl_submodels import cli_decompose, cli_trace
 from tl_submodels.errors import TLSubmodelsError
 
 MODEL_HELP = (
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
     cli_decompose.add_parser(sub, MODEL_HELP)
+    cli_trace.add_parser(sub, MODEL_HELP)
 
     r = sub.add_parser("report", help="one offline HTML report: scores, sub-models, usage, attention, graph")
     r.add_argument("--model", required=True, help=MODEL_HELP)
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "diff": _diff,
             "report": _report,
             "decompose": lambda a: cli_decompose.run(a, _load, _dumps),
+            "trace": lambda a: cli_trace.run(a, _load, _dumps),
         }
         command = commands[args.command]
         return command(args)

@@ -14,6 +14,7 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Component
 from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.submodel import SCHEMA as SUBMODEL_SCHEMA
 from tl_submodels.submodel import SubModel
 
 PART_SCHEMA = "tl_submodels.part"
@@ -253,6 +254,8 @@ class Decomposition:
 def load_parts(folder: str | Path, model: Any = None) -> list[SubModel]:
     """The parts a :meth:`Decomposition.save` wrote to ``folder``, as SubModels usable everywhere.
 
+    Sub-model files written by :meth:`SubModel.save` (``tl-submodels factorize --out``) are read too.
+
     Args:
         folder: the library folder (one ``*.json`` per part).
         model: when given, parts saved from a model of another shape are refused.
@@ -278,8 +281,17 @@ def load_parts(folder: str | Path, model: Any = None) -> list[SubModel]:
             data = json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TLSubmodelsError(f"{f}: not valid JSON ({e})") from e
+        if isinstance(data, dict) and data.get("schema") == SUBMODEL_SCHEMA:  # SubModel.save (factorize --out)
+            try:
+                sub = SubModel.from_dict(data)
+            except TLSubmodelsError as e:
+                raise TLSubmodelsError(f"{f}: {e}") from None
+            out.append(sub.validate(model) if model is not None else sub)
+            continue
         if not isinstance(data, dict) or data.get("schema") != PART_SCHEMA:
-            raise TLSubmodelsError(f"{f}: not a tl_submodels part (expected schema {PART_SCHEMA!r})")
+            raise TLSubmodelsError(
+                f"{f}: not a tl_submodels part (expected schema {PART_SCHEMA!r}, or {SUBMODEL_SCHEMA!r} from SubModel.save)"
+            )
         if data.get("version") != PART_SCHEMA_VERSION:
             raise TLSubmodelsError(
                 f"{f}: part schema version {data.get('version')!r}; this tl_submodels reads version "
