@@ -14,7 +14,7 @@ import tl_submodels as tls
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-SECTIONS = ["card", "scores", "submodels", "usage", "attention", "graph", "about"]
+SECTIONS = ["card", "scores", "submodels", "usage", "trace", "attention", "graph", "about"]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,36 @@ def test_report_shows_a_decomposition_alone_and_beside_tasks(induction_decomposi
     assert [k for k, _, _ in both.sections] == ["card", "decomposition", *SECTIONS[1:]]
     assert f"<td>{ev.loss_increase:.3f}</td>" in both.html
     assert "<td>part-0</td>" in dict((k, body) for k, _, body in both.sections)["submodels"]
+
+
+def test_report_traces_its_prompt_and_shows_the_traces_given(induction_report, induction_decomposition):
+    rep, _ = induction_report
+    section = dict((k, body) for k, _, body in rep.sections)["trace"]
+    assert section.count('class="plotly-graph-div"') == 1 and "instead" in section and "nats" in section
+    # the report's own trace: the first clean prompt (32 tokens, n_ctx 40), 8 generated tokens
+    assert section.count("<tr") == 9  # a header and 8 steps
+
+    model, dec = induction_decomposition
+    ref = tls.zoo.corpus("induction-2l", n=16)
+    prompt = ref[0, :20]
+    tr = tls.trace(model, prompt, dec.parts, max_new_tokens=4, reference=ref)
+    rerun = tr.rerun(ablate=[dec.parts[0].name])
+    alone = tls.report(model, [], decomposition=dec, traces=[tr, rerun])
+    assert [k for k, _, _ in alone.sections] == ["card", "decomposition", "trace", "about"]
+    section = dict((k, body) for k, _, body in alone.sections)["trace"]
+    assert section.count('class="plotly-graph-div"') == 2
+    assert html.escape(tr.text) in section and html.escape(rerun.text) in section
+    at = rerun.departs_at()
+    assert ("the same decision" if at is None else f"departs from the original at step {at}") in section
+
+
+@pytest.mark.ill_typed
+def test_report_refuses_what_is_not_a_trace(induction_decomposition):
+    """Run without the run-time type checker: report's own message."""
+    model, dec = induction_decomposition
+    tr = tls.trace(model, [0, 5, 6, 7], dec.parts, max_new_tokens=1, ablation="zero")
+    with pytest.raises(tls.TLSubmodelsError, match="traces= takes Trace objects"):
+        tls.report(model, [], decomposition=dec, traces=[tr.to_dict()])  # type: ignore[list-item]
 
 
 def test_report_refuses_a_wrong_decomposition(induction_decomposition):

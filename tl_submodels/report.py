@@ -37,6 +37,7 @@ from tl_submodels.components import Head, Kind
 from tl_submodels.decomposition import Decomposition, model_shape
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.task import Task, check_tasks
+from tl_submodels.trace import Trace, trace
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -50,6 +51,7 @@ ol.contexts code { white-space: pre; }
 """
 
 TOP_CONTEXTS = 5  # predictions shown per part in the decomposition section
+TRACE_STEPS = 8  # tokens the report generates when it traces its prompt (fewer where n_ctx ends first)
 
 
 @functools.cache
@@ -195,6 +197,24 @@ def _decomposition_blocks(dec: Decomposition) -> list[Any]:
     return blocks
 
 
+def _trace_blocks(traces: list[Trace]) -> list[Any]:
+    """Each trace: its prompt and decision (and, for a rerun, where it departs), the heat map, the table."""
+    blocks: list[Any] = [
+        "<p class='note'><b>use</b>: how much ablating the part alone lowers the log-probability of the token "
+        "chosen at that step, in nats (0: the part does not matter there; negative: the part worked against "
+        "that token); <b>instead</b>: the token the model would have chosen with the part ablated.</p>"
+    ]
+    for tr in traces:
+        what = f"<p>Prompt <code>{html.escape(' '.join(tr.prompt_words))}</code> &rarr; <code>{html.escape(tr.text)}</code>"
+        if tr.ablated:
+            at = tr.departs_at()
+            what += f" with <b>{html.escape(', '.join(tr.ablated))}</b> ablated at every step; " + (
+                "the same decision as without." if at is None else f"it departs from the original at step {at}."
+            )
+        blocks += [what + "</p>", tr.plot(), tr.to_frame()]
+    return blocks
+
+
 def report(
     model: Any,
     tasks: Sequence[Task],
@@ -207,6 +227,7 @@ def report(
     kinds: tuple[Kind, ...] | None = None,
     edges: bool = True,
     title: str | None = None,
+    traces: Sequence[Trace] = (),
     progress: bool = False,
 ) -> Report:
     """Compute and lay out the whole analysis of ``model`` on ``tasks`` as an offline HTML report.
@@ -230,6 +251,8 @@ def report(
             on request: ``("heads", "neurons")``).
         edges: draw the circuit graph's edges from :func:`tls.attribute_edges` on the first task.
         title: the report's title.
+        traces: :class:`Trace` s to show (e.g. a decision and its ``rerun(ablate=[...])``); with tasks, the
+            report also traces its prompt's next tokens through the sub-models.
         progress: show a tqdm bar over the steps.
 
     Raises:
@@ -253,6 +276,11 @@ def report(
     if ablation not in ("mean", "zero"):
         raise TLSubmodelsError(f"report ablates with 'mean' or 'zero', got {ablation!r}")
     info = tlmodel.check_model(model, ())
+    traces = list(traces)
+    if any(not isinstance(t, Trace) for t in traces):
+        raise TLSubmodelsError(
+            f"traces= takes Trace objects from tls.trace(...) (or their .rerun); got {[type(t).__name__ for t in traces]}"
+        )
     if decomposition is not None:
         if not isinstance(decomposition, Decomposition):
             raise TLSubmodelsError(
@@ -273,7 +301,7 @@ def report(
                     "parts= and prompt= are reported on tasks, and no tasks were given; give tasks, or leave "
                     "them out to report only the decomposition"
                 )
-            return _decomposition_report(model, decomposition, card, title)
+            return _decomposition_report(model, decomposition, card, title, traces)
     tasks = check_tasks(tasks, info.d_vocab)
     kinds = kinds or tuple(k for k in ("heads", "mlps") if k in info.kinds())
     reference = [t for task in tasks for t in (task.clean, task.corrupt)] if ablation == "mean" else None
@@ -354,6 +382,10 @@ def report(
         ex.to_frame(),
         viz.explanation_bars(ex),
     )
+    prompt_ids = torch.as_tensor(tlmodel.tokenize(model, ids) if isinstance(ids, str) else ids)
+    new_tokens = max(0, min(TRACE_STEPS, info.n_ctx - prompt_ids.shape[-1] + 1))
+    prompt_trace = trace(model, prompt_ids, subs, max_new_tokens=new_tokens, ablation=ablation, reference=reference)
+    rep.add("trace", "Step by step: the sub-models each generated token uses", *_trace_blocks([prompt_trace, *traces]))
     steps.update()
 
     attention: list[Any] = []
@@ -384,12 +416,14 @@ def _decomposition_heading(dec: Decomposition) -> str:
 
 
 def _decomposition_report(
-    model: Any, dec: Decomposition, card: dict[str, Any] | str | None, title: str | None
+    model: Any, dec: Decomposition, card: dict[str, Any] | str | None, title: str | None, traces: list[Trace]
 ) -> Report:
-    """The report of a decomposition alone: the model card, the decomposition, the versions."""
+    """The report of a decomposition alone: the model card, the decomposition, the traces given, the versions."""
     rep = Report(title=title or f"tl_submodels report: {type(model).__name__}, {len(dec.parts)} parts of a corpus")
     rep.add("card", "Model", _card_section(model, card))
     rep.add("decomposition", _decomposition_heading(dec), *_decomposition_blocks(dec))
+    if traces:
+        rep.add("trace", "Step by step: the parts each generated token uses", *_trace_blocks(traces))
     _add_about(rep)
     return rep
 
