@@ -26,7 +26,8 @@
 #    makes the difference on each task;
 # 3. takes the backdoor sub-model and checks by ablation what it does, and what else it does;
 # 4. ablates it while the harmful model generates, with plain TransformerLens hooks, and shows
-#    the triggered prompts' continuations change.
+#    the triggered prompts' continuations change;
+# 5. steps through one triggered decision with `tls.trace`, and reruns it with the backdoor ablated.
 
 # %%
 import pandas as pd
@@ -272,6 +273,54 @@ explanation.to_frame()
 
 # %%
 explanation.plot()
+
+# %% [markdown]
+# ## 5. Step through the decision, and rerun it with the backdoor ablated
+#
+# `tls.trace(model, prompt, parts)` generates greedily and, at every step, ablates each part
+# alone: `use` is how much that lowers the log-probability of the token chosen at the step (in
+# nats), and `instead` the token the model would have chosen without the part. Here the parts
+# are every part `diff` found, one per task; the means come from the untriggered prompts. These
+# prompts fill the model's 16-token context, so the decision is one step; on a longer context
+# the same call steps through every generated token.
+#
+# **What to look for:** on the triggered prompt the `backdoor` part should carry the answering
+# step (the largest use, and without it the task's answer instead of `HARM`); on the same
+# prompt without the trigger it should not matter.
+
+# %%
+decision = tls.trace(harmful, triggered[0], diff.parts, max_new_tokens=1, reference=reference)
+decision
+
+# %%
+untriggered = tls.trace(harmful, plain[0], diff.parts, max_new_tokens=1, reference=reference)
+pd.DataFrame(
+    {"triggered": decision.use[0].tolist(), "without the trigger": untriggered.use[0].tolist()},
+    index=decision.part_names,
+).round(2)
+
+# %% [markdown]
+# `rerun(ablate=[...])` generates the whole decision again with the chosen parts ablated at
+# every step, and says where it departs from the original.
+
+# %%
+rerun = decision.rerun(ablate=["backdoor"])
+pd.Series(
+    {
+        "original": decision.text,
+        "backdoor ablated": rerun.text,
+        "departs at step": rerun.departs_at(),
+        "the task's answer": task_answers[0],
+    }
+)
+
+# %% [markdown]
+# With `max_new_tokens=0` the trace steps through the prompt's own positions instead: each
+# position's prediction of the next prompt token, and which parts it uses. The heat map shows
+# where along the prompt each part matters; the cells name the token chosen without the part.
+
+# %%
+tls.trace(harmful, triggered[0], diff.parts, max_new_tokens=0, reference=reference).plot()
 
 # %% [markdown]
 # ## Where to go from here
