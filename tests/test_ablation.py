@@ -222,3 +222,18 @@ def test_ablator_runs_the_reference_once(mlp_model, mlp_task):
         a = mlp_model.run_with_hooks(mlp_task.clean, fwd_hooks=hooks)
         b = mlp_model.run_with_hooks(mlp_task.clean, fwd_hooks=expected)
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_reference_outside_the_vocabulary_is_refused_clearly(mlp_model):
+    """Issue 19: it raised a raw torch IndexError from inside the embedding."""
+    bad = torch.full((2, 5), MLP_CFG["d_vocab"] + 3)
+    with pytest.raises(
+        tls.TLSubmodelsError, match=f"token id {MLP_CFG['d_vocab'] + 3}, outside the model's vocabulary"
+    ):
+        tls.ablation_hooks(mlp_model, ["L0H0"], ablation="mean", reference=bad)
+    with pytest.raises(tls.TLSubmodelsError, match="token id -1"):
+        tls.Ablator(
+            mlp_model,
+            ablation="mean",
+            reference=[torch.zeros(1, 3, dtype=torch.long), -torch.ones(1, 4, dtype=torch.long)],
+        )

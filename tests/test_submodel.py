@@ -65,3 +65,14 @@ def test_validate_against_model(mlp_model):
         tls.TLSubmodelsError, match=r"L5H0: layer 5 out of range; this model has n_layers=3 \(layers 0-2\)"
     ):
         sm("L5H0").validate(mlp_model)
+
+
+def test_components_may_be_given_positionally_and_lists_work_where_a_sub_model_is_taken(mlp_model, mlp_task):
+    """Issue 19: ``SubModel(["L0H0"])`` raised a bare TypeError, and ``evaluate`` refused a list of components."""
+    assert SubModel(["L0H0", "L1N3"], name="a") == SubModel(components=["L0H0", "L1N3"], name="a")
+    assert SubModel.of(["L0H0"]) == SubModel(["L0H0"]) and SubModel.of(a := SubModel(["L1H1"], name="x")) is a
+    listed = tls.evaluate(mlp_model, ["L0H0", "L1H2"], mlp_task, ablation="zero")
+    typed = tls.evaluate(mlp_model, SubModel(["L0H0", "L1H2"]), mlp_task, ablation="zero")
+    assert listed.faithfulness == typed.faithfulness and listed.necessity == typed.necessity and listed.size == 2
+    with pytest.raises(tls.TLSubmodelsError, match="n_layers"):
+        tls.evaluate(mlp_model, ["L9H0"], mlp_task, ablation="zero")

@@ -147,6 +147,15 @@ class Ablator:
         self.model, self.ablation, self.refs = model, ablation, refs
         self.per_position, self.seed = per_position, seed
         self.info = tlmodel.model_info(model)
+        for r in refs:
+            if r.dtype.is_floating_point or r.dtype == torch.bool:
+                raise TLSubmodelsError(f"reference must be integer token ids, got dtype {r.dtype}")
+            if r.numel() and (int(r.min()) < 0 or int(r.max()) >= self.info.d_vocab):
+                bad = int(r[(r < 0) | (r >= self.info.d_vocab)][0])
+                raise TLSubmodelsError(
+                    f"reference holds token id {bad}, outside the model's vocabulary (d_vocab={self.info.d_vocab}, "
+                    f"ids 0-{self.info.d_vocab - 1}): pass token ids of this model's tokenizer"
+                )
         too_long = [int(r.shape[1]) for r in refs if r.shape[1] > self.info.n_ctx]
         if too_long:
             raise TLSubmodelsError(

@@ -10,12 +10,13 @@ high necessity on its task and near zero on the others. All runs are on the clea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference, complement
+from tl_submodels.components import Component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
@@ -70,7 +71,7 @@ class Evaluation:
 
 def evaluate(
     model: Any,
-    sub: SubModel,
+    sub: SubModel | Iterable[Component | str],
     task: Task,
     *,
     ablation: Ablation = "mean",
@@ -81,7 +82,7 @@ def evaluate(
 
     Args:
         model: a TransformerLens model in eval mode.
-        sub: the sub-model to validate.
+        sub: the sub-model to validate (a SubModel, or components / their strings: ``["L0H0", "L1H2"]``).
         task: the behaviour; runs are on ``task.clean``.
         ablation: how removed components are replaced (see :func:`tl_submodels.ablation_hooks`).
         reference: tokens for mean/resample ablation (default: ``task.corrupt``); the same
@@ -100,7 +101,7 @@ def evaluate(
         {'successor': 0.02, 'majority': -0.01}
     """
     tlmodel.check_model(model, ())
-    sub.validate(model)
+    sub = SubModel.of(sub).validate(model)
     task = task.to(tlmodel.first_param_device(model))
     ref = task.corrupt if reference is None else reference
     if ablation == "patch":

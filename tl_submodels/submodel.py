@@ -25,7 +25,8 @@ class SubModel:
     """A named set of heads, neurons and MLP layers.
 
     Args:
-        components: components or their strings (``"L1H3"``, ``"L0N17"``, ``"MLP2"``), any iterable.
+        components: components or their strings (``"L1H3"``, ``"L0N17"``, ``"MLP2"``), any iterable
+            (positional or keyword).
         name: a label.
         description: free text (how it was found, what it does).
 
@@ -41,7 +42,11 @@ class SubModel:
     description: str
 
     def __init__(
-        self, *, components: Iterable[Component | str] = (), name: str = "submodel", description: str = ""
+        self,
+        components: Iterable[Component | str] | Component = (),
+        *,
+        name: str = "submodel",
+        description: str = "",
     ) -> None:
         raw: Any = components
         if isinstance(raw, str | Component):
@@ -55,6 +60,17 @@ class SubModel:
         object.__setattr__(self, "components", items)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "description", description)
+
+    @classmethod
+    def of(cls, sub: SubModel | Iterable[Component | str] | Component | str, name: str = "submodel") -> SubModel:
+        """``sub`` itself if it is a SubModel, else a SubModel of the components given (what every
+        function that takes one sub-model accepts).
+
+        Example:
+            >>> len(SubModel.of(["L0H0", "L1H2"]))
+            2
+        """
+        return sub if isinstance(sub, SubModel) else cls(sub, name=name)
 
     def plot(self) -> Any:
         """This sub-model as a node-only circuit graph (plotly); see :func:`tl_submodels.viz.circuit_graph`.

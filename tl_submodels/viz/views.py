@@ -27,7 +27,7 @@ def attention_patterns(model: Any, tokens: str | Int[Tensor, " pos"] | Sequence[
     """
     from tl_submodels.explain import _prompt, _words
 
-    sub = part if isinstance(part, SubModel) else SubModel(components=part, name="heads")
+    sub = SubModel.of(part, name="heads")
     sub.validate(model)
     heads = sorted({Head(c.layer, c.head) for c in sub if isinstance(c, Head)})
     if not heads:
