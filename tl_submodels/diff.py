@@ -26,6 +26,7 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.factorize import refine_by_validation
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import MAX_ITEMS, listed, summary_text
 from tl_submodels.task import Task, check_tasks
 
 ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
@@ -71,6 +72,22 @@ class ModelDiff:
 
     def _repr_html_(self) -> str:
         return str(self.to_frame().to_html())
+
+    def __repr__(self) -> str:
+        rows = [
+            (p.name, f"{len(p)} members, score {s:.2f}: {listed(sorted(p), 6)}")
+            for p, s in zip(self.parts, self.scores, strict=True)
+        ]
+        top = ", ".join(f"{c} on {t} {v:+.2f}" for c, t, v in self.ranking[:5])
+        return summary_text(
+            f"ModelDiff over {len(self.task_names)} tasks ({', '.join(self.task_names)}): {len(self.components)} "
+            f"components scored, {len(self.parts)} differing parts",
+            [
+                *rows[:MAX_ITEMS],
+                ("largest differences (b - a)", top),
+                ("all", ".to_frame(), .ranking; picture: .plot()"),
+            ],
+        )
 
     def to_frame(self) -> Any:
         """One row per part: task, size, accuracy change of its task in each model, largest change elsewhere."""

@@ -24,6 +24,7 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.attribution import _gradients
 from tl_submodels.scores import Direction, check_scoring, metric_gap
+from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
 
 
@@ -58,6 +59,20 @@ class Edges:
         order = scored[flat[scored].abs().argsort(descending=True)[:k]].tolist()
         n = len(self.readers)
         return [(self.writers[i // n], self.readers[i % n], float(flat[i])) for i in order]
+
+    def _summary(self) -> tuple[str, list[tuple[str, str]]]:
+        reachable = int((~self.scores.isnan()).sum())
+        return (
+            f"Edges on {self.task} ({self.direction}, {self.granularity}): {len(self.writers)} writers x "
+            f"{len(self.readers)} readers, {reachable} reachable",
+            [("top", ", ".join(f"{w}->{r} {v:+.2f}" for w, r, v in self.top(5))), ("all", ".to_frame()")],
+        )
+
+    def __repr__(self) -> str:
+        return summary_text(*self._summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(*self._summary())
 
     def to_frame(self) -> Any:
         """A pandas DataFrame with one row per edge: writer, reader, score, raw."""

@@ -19,6 +19,7 @@ from tl_submodels.ablation import Ablation, Ablator, Reference, complement
 from tl_submodels.components import Component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
 
 
@@ -62,11 +63,26 @@ class Evaluation:
 
         return viz.evaluation_bars(self)
 
-    def _repr_html_(self) -> str:
-        from tl_submodels import viz
+    def _summary(self) -> tuple[str, list[tuple[str, str]]]:
+        rows = [
+            ("faithfulness", f"{self.faithfulness:.3f} (share of the metric restored keeping only the sub-model)"),
+            ("necessity", f"{self.necessity:.3f} (share lost ablating it)"),
+            ("size", f"{self.size} ({self.fraction:.1%} of the components)"),
+            (
+                "accuracy",
+                f"full {self.accuracy_full:.2f}, kept only {self.accuracy_kept:.2f}, ablated {self.accuracy_ablated:.2f}",
+            ),
+        ]
+        if self.accuracy_drop_elsewhere:
+            worst = sorted(self.accuracy_drop_elsewhere.items(), key=lambda kv: -kv[1])[:5]
+            rows.append(("accuracy lost elsewhere", ", ".join(f"{t} {v:+.2f}" for t, v in worst)))
+        return f"Evaluation of {self.submodel} on {self.task} ({self.ablation} ablation)", rows
 
-        rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.__dict__.items() if v is not None]
-        return viz.summary_html(f"Evaluation of {self.submodel} on {self.task} ({self.ablation} ablation)", rows)
+    def __repr__(self) -> str:
+        return summary_text(*self._summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(*self._summary())
 
 
 def evaluate(

@@ -23,6 +23,7 @@ from tl_submodels.ablation import Ablation, Ablator, Reference
 from tl_submodels.components import Head, Neuron
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import MAX_ITEMS, listed, summary_html, summary_text
 
 Parts = Sequence[SubModel] | Mapping[str, SubModel] | Any  # or anything with .parts (a Factorization)
 
@@ -123,8 +124,22 @@ class Usage:
 
         return viz.usage_positions(self)
 
+    def _summary(self) -> tuple[str, list[tuple[str, str]]]:
+        return (
+            f"Usage of {len(self.parts)} parts over {len(self.tokens)} positions ({self.method}, {self.ablation} ablation)",
+            [
+                ("prompt", listed(self.tokens, 16)),
+                ("target", repr(self.target)),
+                ("ranking", ", ".join(f"{n} {v:+.2f}" for n, v in self.ranking()[:5])),
+                ("all", ".to_frame(); picture: .plot()"),
+            ],
+        )
+
+    def __repr__(self) -> str:
+        return summary_text(*self._summary())
+
     def _repr_html_(self) -> str:
-        return str(self.to_frame().to_html())
+        return summary_html(*self._summary())
 
     def to_frame(self) -> Any:
         """A pandas table: one row per part, one column per position (``"3:s4"``), and the total."""
@@ -302,6 +317,14 @@ class Explanation:
 
     def __str__(self) -> str:
         return self.to_frame().to_string(index=False)
+
+    def __repr__(self) -> str:
+        runs = [(r["ablated"], r["top"][0][0], r["kl"]) for r in self.rows]
+        return summary_text(
+            f"Explanation of {listed(self.tokens, 12)!r} ({self.ablation} ablation, {len(self.rows) - 1} runs ablated)",
+            [(name, f"top {top!r}, KL {kl:.3f}") for name, top, kl in runs[:MAX_ITEMS]]
+            + ([("...", f"{len(runs) - MAX_ITEMS} more in .to_frame()")] if len(runs) > MAX_ITEMS else []),
+        )
 
 
 def explain(

@@ -57,6 +57,7 @@ from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.nmf import choose_k, nmf
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import MAX_ITEMS, summary_text
 from tl_submodels.task import Task, check_tasks
 
 Scorer = Literal["patch", "atp", "ig"]
@@ -132,6 +133,17 @@ class Factorization:
 
     def _repr_html_(self) -> str:
         return str(self.to_frame().to_html())
+
+    def __repr__(self) -> str:
+        rows = [
+            (p.name, f"{len(p)} members (core {len(c)}), faithfulness {ev.faithfulness:.2f} on {lab}")
+            for p, c, lab, ev in zip(self.parts, self.cores, self.labels, self.evaluations, strict=True)
+        ]
+        return summary_text(
+            f"Factorization: {len(self.parts)} parts of {len(self.components)} components over {len(self.prompt_task)} "
+            f"prompts of {len(self.task_names)} tasks ({self.scorer} effects, purity {self.purity:.2f})",
+            [*rows[:MAX_ITEMS], ("all", ".to_frame(); picture: .plot()")],
+        )
 
     def to_frame(self) -> Any:
         """One row per part: label, size and core size, faithfulness and necessity on its task, largest accuracy drop elsewhere."""

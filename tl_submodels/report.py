@@ -119,6 +119,13 @@ class Report:
         items = ", ".join(h for _, h, _ in self.sections)
         return viz.summary_html(f"Report: {self.title}", [("sections", items), ("open it", ".save('report.html')")])
 
+    def __repr__(self) -> str:
+        size = sum(len(body) for _, _, body in self.sections)
+        return (
+            f"Report({self.title!r}: {len(self.sections)} sections ({', '.join(k for k, _, _ in self.sections)}), "
+            f"{size / 1e6:.1f} MB of HTML; .save('report.html') writes it)"
+        )
+
 
 def _card_section(model: Any, card: dict[str, Any] | str | None) -> str:
     info = tlmodel.model_info(model)

@@ -25,6 +25,7 @@ from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, c
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.model import ModelInfo
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
 
 Direction = Literal["denoising", "noising"]
@@ -139,20 +140,24 @@ class Scores:
             raise TLSubmodelsError(f"kind must be one of {list(draw)}, got {kind!r}")
         return draw[kind](self)
 
-    def _repr_html_(self) -> str:
-        from tl_submodels import viz
-
+    def _summary(self) -> tuple[str, list[tuple[str, str]]]:
         top = ", ".join(f"{c} {v:+.2f}" for c, v in self.top(5))
         shapes = ", ".join(f"{k} {list(getattr(self, k).shape)}" for k in self.kinds)
-        return viz.summary_html(
+        return (
             f"Scores: {self.method} ({self.direction}) on {self.task}",
             [
                 ("metric", f"{self.metric}: clean {self.clean_metric:.3f}, corrupt {self.corrupt_metric:.3f}"),
                 ("scored", shapes),
                 ("top", top),
-                ("picture", ".plot()"),
+                ("all", ".to_frame(); picture: .plot()"),
             ],
         )
+
+    def __repr__(self) -> str:
+        return summary_text(*self._summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(*self._summary())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers for ``json.dumps``, strict JSON: NaN (not scored) becomes null and an

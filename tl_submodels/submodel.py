@@ -15,12 +15,13 @@ from typing import Any
 
 from tl_submodels.components import Component, parse_component
 from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.summary import listed, summary_html
 
 SCHEMA = "tl_submodels.submodel"
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True, init=False, repr=False)
 class SubModel:
     """A named set of heads, neurons and MLP layers.
 
@@ -83,15 +84,17 @@ class SubModel:
         return viz.plot_submodel(self)
 
     def _repr_html_(self) -> str:
-        from tl_submodels import viz
-
-        return viz.summary_html(
+        return summary_html(
             f"SubModel {self.name} ({len(self.components)} components)",
             [
                 ("components", " ".join(str(c) for c in sorted(self.components)) or "(empty)"),
                 ("description", self.description or "-"),
             ],
         )
+
+    def __repr__(self) -> str:
+        described = f", description={self.description[:80]!r}" if self.description else ""
+        return f"SubModel({self.name!r}, {len(self.components)} components: {listed(sorted(self.components), 12)}{described})"
 
     # Set algebra -------------------------------------------------------------------------------
 

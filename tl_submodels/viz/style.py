@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
@@ -12,6 +11,9 @@ from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
+from tl_submodels.summary import summary_html
+
+__all__ = ["PALETTE", "summary_html"]  # summary_html lives in tl_submodels.summary (no plotting import)
 
 # Colour-blind-safe qualitative palette (Okabe-Ito) for sub-models; shared nodes are grey.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
@@ -57,15 +59,3 @@ def _submodels(parts: Any) -> list[SubModel]:
             f"expected a SubModel, a list or dict of SubModels, or a Factorization; got {type(parts).__name__}"
         )
     return items
-
-
-# HTML summaries (notebook reprs) ---------------------------------------------------------------
-
-
-def summary_html(title: str, rows: Sequence[tuple[str, Any]]) -> str:
-    """A small two-column HTML table: the ``_repr_html_`` of the result objects (no scripts, works offline)."""
-    body = "".join(
-        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in rows
-    )
-    return f"<div><b>{html.escape(title)}</b><table>{body}</table></div>"
