@@ -24,6 +24,7 @@ def results(mlp_model, mlp_state):
     parts = [tls.SubModel(["L0H0", "L1N3"], name="a"), tls.SubModel(["MLP2", "L2H1"], name="b")]
     scores = tls.patch(mlp_model, task, per_example=True)
     return {
+        "task": task,
         "scores": scores,
         "attribution": tls.attribute(mlp_model, task, method="ig"),
         "submodel": every,
@@ -42,7 +43,7 @@ def results(mlp_model, mlp_state):
 
 @pytest.mark.parametrize(
     "name",
-    ["scores", "attribution", "submodel", "evaluation", "factorization", "diff", "edges", "usage", "explanation", "trace",
+    ["task", "scores", "attribution", "submodel", "evaluation", "factorization", "diff", "edges", "usage", "explanation", "trace",
      "decomposition"],
 )  # fmt: skip
 def test_repr_is_a_short_summary(results, name):

@@ -233,36 +233,10 @@ def _tasks(model_name: str, model: Any, specs: list[str], n: int, seed: int) -> 
 
 
 def _jsonl_task(model: Any, path: Path) -> Any:
-    import tl_submodels as tls
-    from tl_submodels import model as tlmodel
+    """A Task from a JSONL file of {clean, corrupt, answer[, wrong][, position]} rows (cli_tasks.py; README)."""
+    from tl_submodels.cli_tasks import jsonl_task
 
-    if not path.is_file():
-        raise TLSubmodelsError(f"task file {path} does not exist")
-    rows: dict[str, list[str]] = {"clean": [], "corrupt": [], "answer": [], "wrong": []}
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TLSubmodelsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in rows):
-            raise TLSubmodelsError(f"{path}:{i}: each line needs string fields clean, corrupt, answer, wrong")
-        for k in rows:
-            try:  # the model's vocabulary, line by line, so that the error names the line
-                if k in ("answer", "wrong"):
-                    tlmodel.single_token(model, row[k])
-                else:
-                    tlmodel.tokenize(model, row[k])
-            except TLSubmodelsError as e:
-                raise TLSubmodelsError(f"{path}:{i}: {k}: {e}") from None
-        for k in rows:
-            rows[k].append(row[k])
-    if not rows["clean"]:
-        raise TLSubmodelsError(f"{path}: no rows")
-    return tls.Task.from_prompts(
-        model, clean=rows["clean"], corrupt=rows["corrupt"], answer=rows["answer"], wrong=rows["wrong"], name=path.stem
-    )
+    return jsonl_task(model, path)
 
 
 def _load(spec: str) -> Any:

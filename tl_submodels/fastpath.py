@@ -7,7 +7,8 @@ changes the residual stream by an amount known without running the patched layer
 This module continues a standard pre-norm transformer from that point (after the patched layer's
 attention or MLP), on the positions from the first difference on, reusing the cached keys and
 values of the shared prefix, and in the last layer computes queries, MLP and unembedding only at
-the positions the metric reads. Many patched copies of the batch run in one call.
+the positions the metric reads (one per example, or several). Many patched copies of the batch run
+in one call.
 
 patching.py checks the logits of this path against the model's own forward on every call and
 falls back to hooks when they differ.
@@ -185,9 +186,16 @@ class PrefixRunner:
         weights: the model's weights in TL layout.
         prefix_k, prefix_v: per layer, the cached keys/values of positions ``[0, start)``,
             ``[batch, start, head_index, d_head]`` (shared by every copy).
-        start: the first position that differs between the two runs.
-        out_pos: the position the metric reads, per example ``[batch]``.
+        start: the first position that differs between the two runs (at most the first read).
+        out_pos: the position the metric reads, per example ``[batch]``; or the ``n`` positions it
+            reads ``[batch, n]`` (every entry a valid position: a padded slot repeats a read).
         prune_last: compute the last layer's queries and MLP only at ``out_pos`` (off: benchmarks).
+
+    Example:
+        >>> runner = PrefixRunner(standard_weights(model), ks, vs, start, task.out_pos)  # doctest: +SKIP
+        >>> logits = runner.run(resid, layer=1, after="attn")  # doctest: +SKIP
+        >>> logits.shape == (resid.shape[0], *task.out_pos.shape[1:], model.cfg.d_vocab)  # doctest: +SKIP
+        True
     """
 
     def __init__(
@@ -196,13 +204,14 @@ class PrefixRunner:
         prefix_k: list[Float[Tensor, "batch prefix head_index d_head"]],
         prefix_v: list[Float[Tensor, "batch prefix head_index d_head"]],
         start: int,
-        out_pos: Int[Tensor, " batch"],
+        out_pos: Int[Tensor, " batch"] | Int[Tensor, "batch n"],
         prune_last: bool = True,
     ) -> None:
         self.w = weights
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.start = start
-        self.out_pos = out_pos
+        self.one_read = out_pos.ndim == 1  # [batch]: logits [rows, d_vocab]; [batch, n]: [rows, n, d_vocab]
+        self.out_pos = out_pos[:, None] if self.one_read else out_pos  # [batch, n]
         self.prune_last = prune_last
         self.n_layers, self.n_heads, _, self.d_head = weights.W_Q.shape
         # 2-D weights for single matrix products: [d_model, 3 * heads * d_head] for q, k, v.
@@ -220,8 +229,9 @@ class PrefixRunner:
         resid: Float[Tensor, "rows suffix d_model"],
         layer: int,
         after: Stage = "pre",
-    ) -> Float[Tensor, "rows d_vocab"]:
-        """Final-position logits of every row, continuing the forward from ``resid``.
+    ) -> Float[Tensor, "rows d_vocab"] | Float[Tensor, "rows n d_vocab"]:
+        """Logits at the read positions of every row, continuing the forward from ``resid``:
+        ``[rows, d_vocab]`` for a ``[batch]`` ``out_pos``, ``[rows, n, d_vocab]`` for ``[batch, n]``.
 
         ``resid`` is the residual stream over the suffix positions at a point of ``layer``: its
         entry (``"pre"``), after its attention (``"attn"``) or after its MLP (``"mlp"``). Rows are
@@ -232,11 +242,12 @@ class PrefixRunner:
         rows, s, _ = resid.shape
         copies = rows // batch
         device = resid.device
-        q_rel = (self.out_pos - d).to(device)  # [batch]
+        q_rel = (self.out_pos - d).to(device)  # [batch, n]
         x = resid
         first = layer if after == "pre" else layer + 1
+        gathered = False  # whether x holds only the read positions yet
         if after == "attn" and layer == self.n_layers - 1 and self.prune_last:
-            x = self._gather(x, q_rel, copies)
+            x, gathered = self._gather(x, q_rel, copies), True
         if after == "attn":
             x = self._mlp(x, layer)
         he = self.n_heads * self.d_head
@@ -246,9 +257,9 @@ class PrefixRunner:
                 kv = _linear(h, self.W_QKV[l][:, he:], self.b_QKV[l][he:])
                 k, v = kv[..., :he], kv[..., he:]
                 h = self._gather(h, q_rel, copies)
-                x = self._gather(x, q_rel, copies)
+                x, gathered = self._gather(x, q_rel, copies), True
                 q = _linear(h, self.W_QKV[l][:, :he], self.b_QKV[l][:he])
-                allowed = torch.arange(s, device=device)[None, None, :] <= q_rel[:, None, None]
+                allowed = torch.arange(s, device=device)[None, None, :] <= q_rel[:, :, None]  # [batch, n, s]
             else:
                 q, k, v = _linear(h, self.W_QKV[l], self.b_QKV[l]).split(he, dim=-1)
                 allowed = torch.ones(s, s, dtype=torch.bool, device=device).tril()[None]
@@ -256,9 +267,9 @@ class PrefixRunner:
             scale = w.attn_scale * (l + 1 if w.scale_by_layer else 1)
             z = self._attend(q, k, v, l, allowed, copies, scale)
             x = self._mlp(x + _linear(z.flatten(-2), self.W_O2[l], w.b_O[l]), l)
-        if x.shape[1] != 1:  # started after the last layer's MLP
+        if not gathered:  # started after the last layer's MLP, or prune_last is off
             x = self._gather(x, q_rel, copies)
-        x = _norm(x[:, 0], w.ln_final, w.normalization, w.eps)
+        x = _norm(x[:, 0] if self.one_read else x, w.ln_final, w.normalization, w.eps)
         return x @ w.W_U + w.b_U
 
     def _mlp(self, x: Tensor, layer: int) -> Tensor:
@@ -270,9 +281,9 @@ class PrefixRunner:
 
     @staticmethod
     def _gather(t: Tensor, q_rel: Tensor, copies: int) -> Tensor:
-        """Row n keeps only its metric position: [rows, pos, ...] -> [rows, 1, ...]."""
-        idx = q_rel.repeat(copies)
-        return t[torch.arange(t.shape[0], device=t.device), idx][:, None]
+        """Each row keeps only its ``n`` read positions: [rows, pos, ...] -> [rows, n, ...]."""
+        idx = q_rel.repeat(copies, 1)
+        return t[torch.arange(t.shape[0], device=t.device)[:, None], idx]
 
     def _attend(
         self, q: Tensor, k: Tensor, v: Tensor, layer: int, allowed: Tensor, copies: int, scale: float

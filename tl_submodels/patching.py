@@ -234,9 +234,10 @@ def _patch_examples(
     source_each = task.per_example(task.final_logits(source_logits)).cpu()
     base_value = float(base_each.mean())
 
-    out_pos = task.out_pos
-    # Positions before the first clean/corrupt difference are identical in both runs (causal attention).
-    start = min(task.first_difference(), int(out_pos.min())) if tlmodel.is_attention_causal(model) else 0
+    out_pos = task.out_pos  # [batch], or [batch, n] for a multi-position task (padded slots repeat a read)
+    # Positions before the first clean/corrupt difference are identical in both runs (causal attention);
+    # the suffix must hold every read position (the earliest over the reads, padding left out).
+    start = min(task.first_difference(), task.first_read()) if tlmodel.is_attention_causal(model) else 0
     start = start if _TRICKS["prefix_reuse"] else 0
     runner = None
     if weights is not None:

@@ -54,7 +54,7 @@ def fingerprint_model(model: Any) -> str:
 
 
 def fingerprint_task(task: Any) -> str:
-    """A hash of a task's tokens, answers, positions and metric."""
+    """A hash of a task's tokens, answers, positions (one or several per example) and metric."""
     h = hashlib.sha256(repr((task.name, task.metric_name, task.d_vocab)).encode())
     fn = getattr(task, "metric_fn", None)
     if fn is not None:  # a custom metric: its code identity (a changed function body changes the hash)
@@ -63,6 +63,8 @@ def fingerprint_task(task: Any) -> str:
     for t in (task.clean, task.corrupt, task.answer, task.wrong, task.position, task.reference):
         if t is not None:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if getattr(task, "multi_position", False):  # several reads per example: their [batch, n] layout too
+        h.update(repr(("reads", tuple(task.answer.shape))).encode())
     return h.hexdigest()
 
 

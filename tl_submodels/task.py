@@ -1,9 +1,13 @@
 """Task: a behaviour to explain, as clean/corrupt prompts, answer tokens and a metric.
 
-The metric reads the logits at one position per example (the last, or ``Task.position``) and is
-computed per example, so that many patched copies of a batch can be scored in one call and
-per-prompt effects are available. Built-in metrics: ``logit_diff`` (answer minus wrong, the
-default), ``prob`` and ``logprob`` of the answer, and ``kl`` (KL divergence from the clean run's
+The metric reads the logits at one position per example (the last, or ``Task.position``), or at
+several (``answer`` and ``position`` of shape ``[batch, n]``, padded with -1 where an example
+reads fewer: a behaviour spread over a span, such as continuing a repeated segment), and is
+computed per example, averaged over its read positions, so that many patched copies of a batch
+can be scored in one call and per-prompt effects are available. Built-in metrics (reads.py):
+``logit_diff`` (answer minus wrong, the default), ``prob`` and ``logprob`` of the answer, ``loss``
+(the mean log-probability of the answers over the read positions: the negative of the usual
+language-model loss, higher is better) and ``kl`` (KL divergence from the clean run's
 next-token distribution).
 """
 
@@ -14,22 +18,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
 from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.reads import (
+    METRICS,
+    PAD,
+    builtin_metric,
+    check_reads,
+    check_token_ids,
+    mean_over_reads,
+    pad_ragged,
+)
+from tl_submodels.reads import as_tokens as _as_tokens
 
-# A custom metric: (final-position logits [batch, d_vocab], task) -> one value per example [batch].
+# A custom metric: (read logits, task) -> one value per example [batch]. The logits are [batch, d_vocab]
+# for a task that reads one position per example, [batch, n, d_vocab] for one that reads several.
 MetricFn = Callable[[Tensor, "Task"], Tensor]
-METRICS = ("logit_diff", "prob", "logprob", "kl")
-
-
-def _as_tokens(x: Any, what: str) -> Tensor:
-    t = torch.as_tensor(x)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TLSubmodelsError(f"{what} must be integer token ids, got dtype {t.dtype}")
-    return t.long()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +48,15 @@ class Task:
     Attributes:
         clean: ``[batch, pos]`` prompts showing the behaviour.
         corrupt: ``[batch, pos]`` the same prompts with the information the behaviour needs removed.
-        answer: ``[batch]`` the token the clean run should predict.
-        wrong: ``[batch]`` a contrasting token (needed by ``logit_diff``), or None.
-        position: ``[batch]`` where the metric reads the logits; None for the last position.
-        metric_name: one of ``logit_diff``, ``prob``, ``logprob``, ``kl``, or a custom metric's name.
-        reference: ``[batch, d_vocab]`` the clean run's final logits (used by ``kl``).
+        answer: ``[batch]`` the token the clean run should predict; or ``[batch, n]``, the tokens
+            predicted at ``n`` read positions per example, -1 padding the slots of an example that
+            reads fewer (a multi-position task: the metric is averaged over each example's reads).
+        wrong: a contrasting token per answer, of answer's shape and padding (needed by ``logit_diff``), or None.
+        position: where the metric reads the logits: ``[batch]``, or ``[batch, n]`` beside a
+            ``[batch, n]`` answer (required there, padded in the same places); None for the last position.
+        metric_name: one of ``logit_diff``, ``prob``, ``logprob``, ``loss``, ``kl``, or a custom metric's name.
+        reference: the clean run's logits at the read positions, ``[batch, d_vocab]`` or
+            ``[batch, n, d_vocab]`` (used by ``kl``).
         d_vocab: the model's input vocabulary; d_vocab_out: its unembedding's outputs where fewer
             (None: as many), which ``answer`` and ``wrong`` must index.
 
@@ -53,16 +64,22 @@ class Task:
         >>> task = tls.zoo.task("induction-2l", "induction", n=8)
         >>> task.clean.shape
         torch.Size([8, 32])
+        >>> two = task.replace(answer=torch.stack([task.clean[:, 31], task.answer], 1),
+        ...                    wrong=None, position=torch.tensor([[30, 31]] * 8), metric_name="loss")
+        >>> two.multi_position, two.reads.shape
+        (True, torch.Size([8, 2]))
     """
 
     clean: Int[Tensor, "batch pos"]
     corrupt: Int[Tensor, "batch pos"]
-    answer: Int[Tensor, " batch"]
-    wrong: Int[Tensor, " batch"] | None = None
-    position: Int[Tensor, " batch"] | None = None
+    answer: Int[Tensor, " batch"] | Int[Tensor, "batch n"]
+    wrong: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | None = None
+    position: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | None = None
     metric_name: str = "logit_diff"
     metric_fn: MetricFn | None = field(default=None, repr=False, compare=False)
-    reference: Float[Tensor, "batch d_vocab"] | None = field(default=None, repr=False, compare=False)
+    reference: Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"] | None = field(
+        default=None, repr=False, compare=False
+    )
     d_vocab: int
     name: str = "task"
     d_vocab_out: int | None = None
@@ -82,33 +99,16 @@ class Task:
             raise TLSubmodelsError(f"the task is empty: clean has shape {list(clean.shape)}")
         object.__setattr__(self, "clean", clean)
         object.__setattr__(self, "corrupt", corrupt.to(clean.device))
-        for name in ("answer", "wrong", "position"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            t = _as_tokens(value, name).to(clean.device)
-            if t.ndim == 0:
-                t = t.expand(batch).clone()
-            if t.shape != (batch,):
-                raise TLSubmodelsError(f"{name} must have one entry per example, shape [{batch}]; got {list(t.shape)}")
+        tensors = {
+            name: None if getattr(self, name) is None else _as_tokens(getattr(self, name), name).to(clean.device)
+            for name in ("answer", "wrong", "position")
+        }
+        if tensors["answer"] is None:
+            raise TLSubmodelsError("a task needs answer tokens: pass answer=[...], one per example")
+        answer, wrong, position = check_reads(tensors["answer"], tensors["wrong"], tensors["position"], batch, seq)
+        for name, t in (("answer", answer), ("wrong", wrong), ("position", position)):
             object.__setattr__(self, name, t)
-        for name in ("clean", "corrupt", "answer", "wrong"):
-            t = getattr(self, name)
-            if t is not None and (t.min() < 0 or t.max() >= self.d_vocab):
-                bad = t[(t < 0) | (t >= self.d_vocab)][0].item()
-                raise TLSubmodelsError(
-                    f"{name} holds token id {bad}, outside the model's vocabulary (d_vocab={self.d_vocab}, ids 0-{self.d_vocab - 1})"
-                )
-        outputs = self.d_vocab_out or self.d_vocab
-        for name in ("answer", "wrong"):
-            t = getattr(self, name)
-            if t is not None and t.max() >= outputs:
-                raise TLSubmodelsError(
-                    f"{name} holds token id {t.max().item()}, but the model's unembedding has only d_vocab_out="
-                    f"{outputs} outputs (ids 0-{outputs - 1}): an answer must be a token the model can predict"
-                )
-        if self.position is not None and (self.position.min() < 0 or self.position.max() >= seq):
-            raise TLSubmodelsError(f"position must index the sequence (0-{seq - 1}); got {self.position.tolist()}")
+        check_token_ids(self.d_vocab, self.d_vocab_out, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         if self.metric_fn is None and self.metric_name not in METRICS:
             raise TLSubmodelsError(f"unknown metric {self.metric_name!r}: choose from {METRICS} or pass a callable")
         if self.metric_fn is None and self.metric_name == "logit_diff" and self.wrong is None:
@@ -116,6 +116,12 @@ class Task:
         if self.metric_fn is None and self.metric_name == "kl" and self.reference is None:
             raise TLSubmodelsError(
                 "metric 'kl' needs the clean run's logits: build the task with Task.from_tokens(model, ...)"
+            )
+        ref = self.reference
+        if ref is not None and self.multi_position and (ref.ndim != 3 or tuple(ref.shape[:2]) != tuple(answer.shape)):
+            raise TLSubmodelsError(
+                f"reference must be the clean run's logits at every read, [batch, n, d_vocab] = [{batch}, "
+                f"{answer.shape[1]}, d_vocab]; got {list(ref.shape)}: build the task with Task.from_tokens"
             )
 
     # ----------------------------------------------------------------------------------------
@@ -128,9 +134,9 @@ class Task:
         *,
         clean: Int[Tensor, "batch pos"] | Sequence[Sequence[int]],
         corrupt: Int[Tensor, "batch pos"] | Sequence[Sequence[int]],
-        answer: Int[Tensor, " batch"] | Sequence[int],
-        wrong: Int[Tensor, " batch"] | Sequence[int] | None = None,
-        position: Int[Tensor, " batch"] | Sequence[int] | None = None,
+        answer: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | Sequence[int | Sequence[int]],
+        wrong: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | Sequence[int | Sequence[int]] | None = None,
+        position: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | Sequence[int | Sequence[int]] | None = None,
         metric: str | MetricFn = "logit_diff",
         name: str = "task",
     ) -> Task:
@@ -139,17 +145,30 @@ class Task:
         Args:
             model: the model the task is for.
             clean, corrupt: ``[batch, pos]`` token ids of the same shape.
-            answer: ``[batch]`` correct next tokens; wrong: ``[batch]`` contrasting tokens.
-            position: ``[batch]`` where to read the logits (default: the last position).
-            metric: a built-in metric name or ``fn(final_logits [batch, d_vocab], task) -> [batch]``.
+            answer: ``[batch]`` correct next tokens; or, to read several positions per example,
+                ``[batch, n]`` or nested lists (one list per example; lists of different lengths
+                are padded with -1), the token predicted at each read position.
+            wrong: contrasting tokens, shaped (and padded) like ``answer``.
+            position: where to read the logits: ``[batch]`` (default: the last position), or
+                positions shaped and padded like a nested ``answer`` (required with one).
+            metric: a built-in metric name (``logit_diff``, ``prob``, ``logprob``, ``loss``, ``kl``)
+                or ``fn(read_logits, task) -> [batch]``, where ``read_logits`` is ``[batch, d_vocab]``
+                for one read per example and ``[batch, n, d_vocab]`` for several (padded slots hold
+                the logits of another read of the example: leave them out with ``task.reads``).
             name: a label used in reports.
 
         Raises:
-            TLSubmodelsError: on shapes that differ, ids outside the vocabulary, a too-long sequence.
+            TLSubmodelsError: on shapes that differ, ids outside the vocabulary, a too-long sequence,
+                answers and positions padded in different places, an example that reads nothing.
 
         Example:
             >>> task = tls.Task.from_tokens(model, clean=[[0, 5, 6, 5]], corrupt=[[0, 5, 6, 7]],
             ...                             answer=[6], wrong=[8])  # doctest: +SKIP
+            >>> span = tls.Task.from_tokens(model, clean=[[0, 5, 6, 5, 6], [0, 3, 4, 3, 4]],
+            ...     corrupt=[[0, 5, 6, 7, 8], [0, 3, 4, 9, 8]], answer=[[6, 5], [4]], position=[[3, 4], [3]],
+            ...     metric="loss")  # doctest: +SKIP
+            >>> span.position.tolist()  # doctest: +SKIP
+            [[3, 4], [3, -1]]
         """
         info = tlmodel.model_info(model)
         device = tlmodel.first_param_device(model)
@@ -160,9 +179,9 @@ class Task:
         task = cls(
             clean=_as_tokens(clean, "clean").to(device),
             corrupt=_as_tokens(corrupt, "corrupt").to(device),
-            answer=_as_tokens(answer, "answer"),
-            wrong=None if wrong is None else _as_tokens(wrong, "wrong"),
-            position=None if position is None else _as_tokens(position, "position"),
+            answer=pad_ragged(answer, "answer"),
+            wrong=None if wrong is None else pad_ragged(wrong, "wrong"),
+            position=None if position is None else pad_ragged(position, "position"),
             metric_name="logprob" if needs_reference else metric_name,  # kl is set below, once inputs are checked
             metric_fn=metric_fn,
             d_vocab=info.d_vocab,
@@ -185,8 +204,9 @@ class Task:
         *,
         clean: Sequence[str],
         corrupt: Sequence[str],
-        answer: Sequence[str],
-        wrong: Sequence[str] | None = None,
+        answer: Sequence[str | Sequence[str]],
+        wrong: Sequence[str | Sequence[str]] | None = None,
+        position: Sequence[int | Sequence[int]] | None = None,
         metric: str | MetricFn = "logit_diff",
         prepend_bos: bool = True,
         name: str = "task",
@@ -195,19 +215,29 @@ class Task:
 
         Prompts of different lengths are right-padded and the metric reads each example's last
         real token, which is exact under causal attention. Each corrupt prompt must have the same
-        number of tokens as its clean prompt; answers must be single tokens.
+        number of tokens as its clean prompt; answers must be single tokens. To read several
+        positions, give an example a list of answers and ``position`` a list of as many token
+        positions (counted from 0 over the tokenized prompt, its BOS included).
 
         Example:
             >>> task = tls.Task.from_prompts(model, clean=["When Mary and John went, John gave it to"],
             ...     corrupt=["When Mary and John went, Anna gave it to"], answer=[" Mary"], wrong=[" John"])  # doctest: +SKIP
         """
-        if not (len(clean) == len(corrupt) == len(answer)) or (wrong is not None and len(wrong) != len(clean)):
+        if not (len(clean) == len(corrupt) == len(answer)) or any(
+            x is not None and len(x) != len(clean) for x in (wrong, position)
+        ):
             raise TLSubmodelsError(
-                f"clean, corrupt, answer (and wrong) need one entry per example: got {len(clean)}, {len(corrupt)}, "
-                f"{len(answer)}" + ("" if wrong is None else f", {len(wrong)}")
+                f"clean, corrupt, answer (and wrong, position) need one entry per example: got {len(clean)}, "
+                f"{len(corrupt)}, {len(answer)}"
+                + "".join(f", {k} {len(x)}" for k, x in (("wrong", wrong), ("position", position)) if x is not None)
             )
         if not clean:
             raise TLSubmodelsError("no prompts given: pass at least one clean/corrupt pair")
+        if position is None and any(not isinstance(a, str) for a in answer):
+            raise TLSubmodelsError(
+                "answers given as lists read several positions per example: pass position= with one token "
+                "position per answer"
+            )
         c_ids = [tlmodel.tokenize(model, p, prepend_bos=prepend_bos) for p in clean]
         x_ids = [tlmodel.tokenize(model, p, prepend_bos=prepend_bos) for p in corrupt]
         for i, (a, b) in enumerate(zip(c_ids, x_ids, strict=True)):
@@ -216,29 +246,51 @@ class Task:
                     f"example {i}: clean {clean[i]!r} is {len(a)} tokens but corrupt {corrupt[i]!r} is {len(b)}; "
                     "patching needs aligned positions, so make them the same length"
                 )
+        reads = [len(a) - 1 for a in c_ids] if position is None else list(position)
+        for i, p in enumerate(reads):
+            past = [q for q in ([p] if isinstance(p, int) else p) if q >= len(c_ids[i])]
+            if past:
+                raise TLSubmodelsError(
+                    f"example {i}: position {past[0]} is past the prompt's last token ({len(c_ids[i]) - 1}; "
+                    f"{clean[i]!r} is {len(c_ids[i])} tokens{', its BOS included' if prepend_bos else ''})"
+                )
         width = max(len(a) for a in c_ids)
         pad = tlmodel.pad_token_id(model)
         clean_t = torch.tensor([a + [pad] * (width - len(a)) for a in c_ids])
         corrupt_t = torch.tensor([b + [pad] * (width - len(b)) for b in x_ids])
+
+        def ids(words: Sequence[str | Sequence[str]]) -> list[Any]:
+            one = lambda w: tlmodel.single_token(model, w)  # noqa: E731
+            return [one(w) if isinstance(w, str) else [one(v) for v in w] for w in words]
+
         return cls.from_tokens(
             model,
             clean=clean_t,
             corrupt=corrupt_t,
-            answer=[tlmodel.single_token(model, a) for a in answer],
-            wrong=None if wrong is None else [tlmodel.single_token(model, w) for w in wrong],
-            position=[len(a) - 1 for a in c_ids],
+            answer=ids(answer),
+            wrong=None if wrong is None else ids(wrong),
+            position=reads,
             metric=metric,
             name=name,
         )
 
     def replace(self, **changes: Any) -> Task:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Example:
+            >>> task.replace(metric_name="logprob")  # doctest: +SKIP
+        """
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
         fields.update(changes)
         return Task(**fields)
 
     def subset(self, index: Int[Tensor, " n"] | slice | Sequence[int]) -> Task:
-        """The examples at ``index``."""
+        """The examples at ``index`` (a multi-position task keeps its ``n`` read slots).
+
+        Example:
+            >>> task.subset([0, 2]).batch  # doctest: +SKIP
+            2
+        """
         idx = torch.arange(self.batch)[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         pick = {
             k: getattr(self, k)[idx.to(self.clean.device)]
@@ -259,29 +311,87 @@ class Task:
         return int(self.clean.shape[1])
 
     @property
-    def out_pos(self) -> Int[Tensor, " batch"]:
-        """The position the metric reads, per example."""
+    def multi_position(self) -> bool:
+        """Whether the task reads several positions per example (``answer`` is ``[batch, n]``)."""
+        return self.answer.ndim == 2
+
+    @property
+    def reads(self) -> Bool[Tensor, "batch n"]:
+        """Which read slots are used, ``[batch, n]`` (False on -1 padding); ``[batch, 1]``, all True,
+        for a task that reads one position per example.
+
+        Example:
+            >>> task.reads.sum(1)  # doctest: +SKIP
+            tensor([3, 2])
+        """
+        if self.multi_position:
+            return self.answer != PAD
+        return torch.ones(self.batch, 1, dtype=torch.bool, device=self.answer.device)
+
+    @property
+    def out_pos(self) -> Int[Tensor, " batch"] | Int[Tensor, "batch n"]:
+        """The position the metric reads, per example ``[batch]``; for a multi-position task
+        ``[batch, n]``, each padded slot holding the example's first read position (read, then ignored)."""
+        if self.multi_position:
+            assert self.position is not None
+            reads = self.reads
+            first = self.position.gather(1, reads.int().argmax(1, keepdim=True))  # argmax: the first True
+            return torch.where(reads, self.position, first)
         if self.position is not None:
             return self.position
         return torch.full((self.batch,), self.seq_len - 1, dtype=torch.long, device=self.clean.device)
 
-    def final_logits(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch d_vocab"]:
-        """The logits at the metric's position of each example (batch may be copies x batch)."""
+    def first_read(self) -> int:
+        """The earliest position any example reads (padding left out).
+
+        Example:
+            >>> task.first_read()  # doctest: +SKIP
+            31
+        """
+        return int(self.out_pos.min())  # padded slots hold a read position of their own example
+
+    def final_logits(
+        self, logits: Float[Tensor, "batch pos d_vocab"]
+    ) -> Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"]:
+        """The logits at the metric's positions of each example (batch may be copies x batch):
+        ``[batch, d_vocab]``, or ``[batch, n, d_vocab]`` for a multi-position task (padded slots
+        hold another read of the example; the metric ignores them).
+
+        Example:
+            >>> task.final_logits(model(task.clean)).shape  # doctest: +SKIP
+            torch.Size([8, 66])
+        """
         if logits.ndim != 3:
             raise TLSubmodelsError(f"expected logits [batch, pos, d_vocab], got shape {list(logits.shape)}")
         copies = logits.shape[0] // self.batch
-        pos = self.out_pos.to(logits.device).repeat(copies)
-        return logits[torch.arange(logits.shape[0], device=logits.device), pos]
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pos = self.out_pos.to(logits.device)
+        if pos.ndim == 2:
+            return logits[rows[:, None], pos.repeat(copies, 1)]
+        return logits[rows, pos.repeat(copies)]
 
-    def per_example(self, final_logits: Float[Tensor, "rows d_vocab"]) -> Float[Tensor, " rows"]:
-        """The metric of each row; rows may be several copies of the batch, copy-major.
+    def per_example(
+        self, final_logits: Float[Tensor, "rows d_vocab"] | Float[Tensor, "rows n d_vocab"]
+    ) -> Float[Tensor, " rows"]:
+        """The metric of each row; rows may be several copies of the batch, copy-major. A
+        multi-position task averages each row's metric over its read positions.
 
         Raises:
             TLSubmodelsError: when a custom metric returns the wrong shape, or any value is NaN.
+
+        Example:
+            >>> task.per_example(task.final_logits(model(task.clean))).shape  # doctest: +SKIP
+            torch.Size([8])
         """
         rows = final_logits.shape[0]
         if rows % self.batch:
             raise TLSubmodelsError(f"got {rows} rows of logits for a task of {self.batch} examples")
+        want = 3 if self.multi_position else 2
+        if final_logits.ndim != want:
+            raise TLSubmodelsError(
+                f"expected read logits {'[rows, n, d_vocab]' if want == 3 else '[rows, d_vocab]'} for this task "
+                f"(from Task.final_logits); got shape {list(final_logits.shape)}"
+            )
         copies = rows // self.batch
 
         def tile(t: Tensor | None) -> Tensor | None:
@@ -292,27 +402,15 @@ class Task:
             out = self.metric_fn(final_logits, tiled)
             if not isinstance(out, Tensor) or out.shape != (rows,):
                 shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                logits_shape = "[batch, n, d_vocab]" if self.multi_position else "[batch, d_vocab]"
                 raise TLSubmodelsError(
                     f"metric {self.metric_name!r} must return one value per example, shape [{rows}]; got {shape}. "
-                    "A custom metric takes (final_logits [batch, d_vocab], task) and must not average."
+                    f"A custom metric takes (read logits {logits_shape}, task) and must not average over examples."
                 )
         else:
-            answer = tile(self.answer)
-            assert answer is not None
-            logits = final_logits.float()
-            if self.metric_name == "logit_diff":
-                wrong = tile(self.wrong)
-                assert wrong is not None
-                out = logits.gather(1, answer[:, None])[:, 0] - logits.gather(1, wrong[:, None])[:, 0]
-            elif self.metric_name == "prob":
-                out = logits.softmax(-1).gather(1, answer[:, None])[:, 0]
-            elif self.metric_name == "logprob":
-                out = logits.log_softmax(-1).gather(1, answer[:, None])[:, 0]
-            else:  # kl
-                ref = tile(self.reference)
-                assert ref is not None
-                ref_logp = ref.float().log_softmax(-1)
-                out = (ref_logp.exp() * (ref_logp - logits.log_softmax(-1))).sum(-1)
+            answer, reads = tile(self.answer), tile(self.reads)
+            assert answer is not None and reads is not None
+            out = builtin_metric(self.metric_name, final_logits, answer, tile(self.wrong), tile(self.reference), reads)
         if torch.isnan(out).any():
             raise TLSubmodelsError(
                 f"metric {self.metric_name!r} returned NaN for {int(torch.isnan(out).sum())} of {rows} rows"
@@ -342,14 +440,36 @@ class Task:
         return self.per_example(self.final_logits(logits)).mean()
 
     def accuracy(self, logits: Float[Tensor, "batch pos d_vocab"]) -> float:
-        """Fraction of examples whose top prediction is the answer."""
+        """Fraction of examples whose top prediction is the answer; for a multi-position task, the
+        fraction of each example's read positions whose top prediction is its answer, averaged over
+        the examples.
+
+        Example:
+            >>> task.accuracy(model(task.clean))  # doctest: +SKIP
+            1.0
+        """
         final = self.final_logits(logits)
-        return float((final.argmax(-1) == self.answer.to(final.device)).float().mean())
+        hit = final.argmax(-1) == self.answer.to(final.device)
+        if not self.multi_position:
+            return float(hit.float().mean())
+        return float(mean_over_reads(hit.float(), self.reads.to(final.device)).mean())
 
     def first_difference(self) -> int:
         """The first position where any clean and corrupt prompt differ (seq_len if none)."""
         diff = (self.clean != self.corrupt).any(0).nonzero()
         return int(diff[0]) if len(diff) else self.seq_len
+
+    def __repr__(self) -> str:
+        reads = self.reads.sum(1)
+        where = (
+            f"reads {int(reads.min())}-{int(reads.max())} positions each"
+            if self.multi_position
+            else ("reads the last position" if self.position is None else "reads one position each")
+        )
+        return (
+            f"Task({self.name!r}: {self.batch} examples x {self.seq_len} tokens, metric {self.metric_name}, {where}; "
+            f"d_vocab {self.d_vocab})"
+        )
 
     def to(self, device: torch.device | str) -> Task:
         """The task with its tensors on ``device``."""
