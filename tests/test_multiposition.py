@@ -340,3 +340,50 @@ def test_cli_jsonl_bad_reads_exit_2(tmp_path, capsys):
         assert main(["scores", "--model", "induction-2l", "--task", str(path)]) == 2, name
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{name}.jsonl:2" in err and message in err, (name, err)
+
+
+@pytest.mark.parametrize("method", ["ablation", "attribution"])
+def test_usage_of_a_multi_position_task_is_the_mean_over_its_reads(mlp_model, method):
+    """usage(task): each part's contribution to the task's metric; linear in the metric, so a task that
+    reads three positions gets the mean of the three one-position tasks' contributions."""
+    task, position, answer, wrong = mlp_reads(mlp_model)
+    rows = list(range(task.batch))
+    singles = [single(mlp_model, task, rows, [p[j] for p in position], [a[j] for a in answer],
+                      [w[j] for w in wrong]) for j in range(3)]  # fmt: skip
+    parts = [tls.SubModel(["L0H1", "L1N4", "L2H0"], name="a"), tls.SubModel(["MLP1", "L2N9"], name="b")]
+    multi = tls.usage(mlp_model, parts, task, method=method, ablation="zero")
+    ones = [tls.usage(mlp_model, parts, s, method=method, ablation="zero") for s in singles]
+    assert multi.values.shape == (2, task.seq_len) and multi.target == "reads (logit_diff)"
+    torch.testing.assert_close(multi.values, torch.stack([u.values for u in ones]).mean(0), atol=TOL, rtol=0)
+    torch.testing.assert_close(multi.totals, torch.stack([u.totals for u in ones]).mean(0), atol=TOL, rtol=0)
+    if method == "ablation":  # the total: the task's metric with the part ablated everywhere, by hand
+        with torch.no_grad():
+            full = float(task.metric(mlp_model(task.clean)))
+            ablated = float(
+                task.metric(mlp_model.run_with_hooks(task.clean, fwd_hooks=parts[0].hooks(mlp_model, ablation="zero")))
+            )
+        assert float(multi.totals[0]) == pytest.approx(full - ablated, abs=TOL)
+
+
+def test_explain_of_a_multi_position_task_reports_its_metric_and_accuracy(mlp_model):
+    task, *_ = mlp_reads(mlp_model, ragged=True)
+    parts = [tls.SubModel(["L0H1", "L1N4", "L2H0"], name="a"), tls.SubModel(["MLP1", "L2N9"], name="b")]
+    ex = tls.explain(mlp_model, task, parts, ablation="zero", k=3)
+    hooks = parts[1].hooks(mlp_model, ablation="zero")
+    with torch.no_grad():
+        full, ablated = mlp_model(task.clean), mlp_model.run_with_hooks(task.clean, fwd_hooks=hooks)
+    rows = {r["ablated"]: r for r in ex.rows}
+    assert rows["full"]["metric"] == pytest.approx(float(task.metric(full)), abs=TOL)
+    assert rows["b"]["metric"] == pytest.approx(float(task.metric(ablated)), abs=TOL)
+    assert rows["b"]["accuracy"] == pytest.approx(task.accuracy(ablated))
+    # KL: over each example's own reads, then over the examples, by hand
+    p, q = full.log_softmax(-1), ablated.log_softmax(-1)
+    kls = []
+    for i in range(task.batch):
+        at = [int(x) for x in task.position[i] if x >= 0]
+        kls.append(float((p[i, at].exp() * (p[i, at] - q[i, at])).sum(-1).mean()))
+    assert rows["b"]["kl"] == pytest.approx(sum(kls) / len(kls), abs=TOL)
+    assert rows["full"]["kl"] == pytest.approx(0.0, abs=TOL)
+    top = p[0, int(task.position[0, 0])].exp().topk(3)
+    assert [w for w, _ in rows["full"]["top"]] == [str(int(i)) for i in top.indices]  # the first example's first read
+    assert {"metric", "accuracy"} <= set(ex.to_frame().columns)

@@ -10,7 +10,7 @@ predictions side by side, with the probability moved and the KL divergence from 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from tl_submodels.components import Head, Neuron
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import MAX_ITEMS, listed, summary_html, summary_text
+from tl_submodels.task import Task
 
 Parts = Sequence[SubModel] | Mapping[str, SubModel] | Any  # or anything with .parts (a Factorization)
 
@@ -151,10 +152,34 @@ class Usage:
         return frame
 
 
+def _behaviour(
+    model: Any, tokens: str | Tensor | Sequence[int] | Task, reference: Reference | None, target: int | str | None
+) -> tuple[Tensor, Callable[[Tensor], Tensor], Reference | None, str, int]:
+    """What usage and explain read: the prompts, the objective of a run's logits (a scalar), the
+    reference for the means, and the target's label and id (-1 for a task's metric)."""
+    if isinstance(tokens, Task):
+        task = tokens.to(tlmodel.first_param_device(model))
+        if task.d_vocab != tlmodel.model_info(model).d_vocab:
+            raise TLSubmodelsError(f"task {task.name!r} was built for d_vocab={task.d_vocab}, not this model's")
+        if target is not None:
+            raise TLSubmodelsError("target= is for one prompt; a task's metric names its own answers")
+        return (
+            task.clean,
+            task.metric,
+            task.corrupt if reference is None else reference,
+            f"{task.name} ({task.metric_name})",
+            -1,
+        )
+    prompt = _prompt(model, tokens)
+    full = tlmodel.run_logits(model, prompt)[0, -1]
+    tid = int(full.argmax()) if target is None else _target(model, target)
+    return prompt, lambda logits: logits[0, -1, tid], reference, _words(model, torch.tensor([tid]))[0], tid
+
+
 def usage(
     model: Any,
     parts: Parts,
-    tokens: str | Int[Tensor, " pos"] | Sequence[int],
+    tokens: str | Int[Tensor, " pos"] | Sequence[int] | Task,
     *,
     method: Literal["ablation", "attribution"] = "ablation",
     ablation: Ablation = "mean",
@@ -163,10 +188,15 @@ def usage(
 ) -> Usage:
     """Each sub-model's contribution at each position of one prompt to the predicted token.
 
+    Given a :class:`Task` instead of a prompt, the contribution to the task's metric over all its
+    clean prompts (averaged over the examples and, for a task that reads several positions, over
+    its reads); positions are labelled by the first prompt's tokens, and the means default to
+    ``task.corrupt``.
+
     Args:
         model: a TransformerLens model in eval mode.
         parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization).
-        tokens: the prompt, as text or token ids ``[pos]``.
+        tokens: the prompt, as text or token ids ``[pos]``; or a Task.
         method: ``"ablation"`` (exact: one forward per part and position) or ``"attribution"``
             (one forward and backward).
         ablation: ``"mean"`` (over ``reference``) or ``"zero"``.
@@ -183,29 +213,30 @@ def usage(
     if method not in ("ablation", "attribution"):
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'ablation' or 'attribution'")
     subs = _checked_parts(model, parts, ablation, "usage")
-    prompt = _prompt(model, tokens)
+    prompt, objective, reference, label, tid = _behaviour(model, tokens, reference, target)
     seq = prompt.shape[1]
-    full = tlmodel.run_logits(model, prompt)[0, -1]
-    tid = int(full.argmax()) if target is None else _target(model, target)
     ablator = _ablator(model, ablation, reference, prompt)
     if method == "ablation":
-        base = float(full[tid])
+
+        def value(hooks: list) -> float:
+            return float(objective(tlmodel.run_logits(model, prompt, hooks)))
+
+        base = value([])
         values = torch.zeros(len(subs), seq)
         totals = torch.zeros(len(subs))
         for i, s in enumerate(subs):
-            totals[i] = base - float(tlmodel.run_logits(model, prompt, ablator.hooks(s))[0, -1, tid])
+            totals[i] = base - value(ablator.hooks(s))
             for p in range(seq):
-                at = [c.at(p) for c in s]
-                values[i, p] = base - float(tlmodel.run_logits(model, prompt, ablator.hooks(at))[0, -1, tid])
+                values[i, p] = base - value(ablator.hooks([c.at(p) for c in s]))
     else:
-        values = _attribution(model, subs, prompt, tid, ablator)
+        values = _attribution(model, subs, prompt, objective, ablator)
         totals = values.sum(1)
     return Usage(
         values=values,
         totals=totals,
         parts=[s.name for s in subs],
         tokens=_words(model, prompt[0]),
-        target=_words(model, torch.tensor([tid]))[0],
+        target=label,
         target_id=tid,
         method=method,
         ablation=ablation,
@@ -220,8 +251,10 @@ def _target(model: Any, target: int | str) -> int:
     return tid
 
 
-def _attribution(model: Any, subs: list[SubModel], prompt: Tensor, tid: int, ablator: Ablator) -> Tensor:
-    """(activation - ablation value) . gradient of the target logit, per part and position."""
+def _attribution(
+    model: Any, subs: list[SubModel], prompt: Tensor, objective: Callable[[Tensor], Tensor], ablator: Ablator
+) -> Tensor:
+    """(activation - ablation value) . gradient of the objective, per part and position (summed over the prompts)."""
     comps = sorted({c.without_pos() for s in subs for c in s})
     sites = sorted({tlmodel.site_hook(c.kind, c.layer) for c in comps})
     ref = ablator._reference({c.kind for c in comps}, sites) if ablator.refs else {}
@@ -240,14 +273,14 @@ def _attribution(model: Any, subs: list[SubModel], prompt: Tensor, tid: int, abl
 
     with torch.enable_grad():
         logits = model.run_with_hooks(prompt, fwd_hooks=[(n, keeper(n)) for n in sites])
-        grads = dict(zip(sites, torch.autograd.grad(logits[0, -1, tid], [leaves[n] for n in sites]), strict=True))
+        grads = dict(zip(sites, torch.autograd.grad(objective(logits), [leaves[n] for n in sites]), strict=True))
     out = torch.zeros(len(subs), prompt.shape[1])
     for i, s in enumerate(subs):
         for c in s:
             name = tlmodel.site_hook(c.kind, c.layer)
-            a, g = acts[name][0], grads[name][0]
+            a, g = acts[name], grads[name]
             base = ref[name].to(a.device, a.dtype) if name in ref else torch.zeros((), device=a.device)
-            d = (a - base) * g  # [pos, ...]
+            d = ((a - base) * g).sum(0)  # [pos, ...], over the prompts
             if isinstance(c, Head):
                 contrib = d[:, c.head].sum(-1)
             elif isinstance(c, Neuron):
@@ -310,6 +343,7 @@ class Explanation:
                     "p(full top)": r["p_full_top"],
                     "moved": r["moved"],
                     "kl": r["kl"],
+                    **{key: r[key] for key in ("metric", "accuracy") if key in r},
                 }
                 for r in self.rows
             ]
@@ -329,7 +363,7 @@ class Explanation:
 
 def explain(
     model: Any,
-    tokens: str | Int[Tensor, " pos"] | Sequence[int],
+    tokens: str | Int[Tensor, " pos"] | Sequence[int] | Task,
     parts: Parts,
     *,
     k: int = 5,
@@ -339,9 +373,15 @@ def explain(
 ) -> Explanation:
     """Rerun a prompt with each sub-model (or combination) ablated; top-k predictions side by side.
 
+    Given a :class:`Task` instead of a prompt, every run is over all its clean prompts: each row
+    also has the task's ``metric`` and ``accuracy`` (averaged over the examples and, for a task
+    that reads several positions, over its reads), ``kl`` is the mean over every read, and the
+    top-k predictions are those at the first example's first read. The means default to
+    ``task.corrupt``.
+
     Args:
         model: a TransformerLens model in eval mode.
-        tokens: the prompt, as text or token ids ``[pos]``.
+        tokens: the prompt, as text or token ids ``[pos]``; or a Task.
         parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization).
         k: how many predictions to list.
         ablation: ``"mean"`` (over ``reference``) or ``"zero"``.
@@ -366,19 +406,29 @@ def explain(
     vocab = tlmodel.model_info(model).d_vocab
     if not 1 <= k <= vocab:
         raise TLSubmodelsError(f"k must be in 1-{vocab}, got {k}")
-    prompt = _prompt(model, tokens)
+    task = tokens.to(tlmodel.first_param_device(model)) if isinstance(tokens, Task) else None
+    prompt, _, reference, _, _ = _behaviour(model, tokens, reference, None)
     ablator = _ablator(model, ablation, reference, prompt)
-    full = tlmodel.run_logits(model, prompt)[0, -1].float().log_softmax(-1)
-    top_id = int(full.argmax())
+
+    def read(hooks: list) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Log-probabilities at every read ``[reads, d_vocab]`` (the first is shown), their weights, the task's numbers."""
+        logits = tlmodel.run_logits(model, prompt, hooks)
+        if task is None:
+            return logits[0, -1:].float().log_softmax(-1), torch.ones(1), {}
+        at = task.final_logits(logits).float().log_softmax(-1)
+        flat = at.reshape(-1, at.shape[-1])  # [batch * n, d_vocab] (n = 1 for one read an example)
+        w = task.reads.float()
+        weight = (w / w.sum(1, keepdim=True) / task.batch).flatten().to(at.device)  # each example weighs 1/batch
+        return flat, weight, {"metric": float(task.metric(logits)), "accuracy": task.accuracy(logits)}
+
+    full, weight, _ = read([])
+    top_id = int(full[0].argmax())
     rows = []
     for name, sub in [("full", None), *runs]:
-        logp = (
-            full
-            if sub is None
-            else tlmodel.run_logits(model, prompt, ablator.hooks(sub))[0, -1].float().log_softmax(-1)
-        )
-        probs = logp.exp()
+        logp, _, numbers = read([]) if sub is None else read(ablator.hooks(sub))
+        probs = logp[0].exp()
         top = probs.topk(k)
+        kl = ((full.exp() * (full - logp)).sum(-1) * weight.to(full.device)).sum()  # mean over the reads
         rows.append(
             {
                 "ablated": name,
@@ -386,8 +436,9 @@ def explain(
                     (w, float(p)) for w, p in zip(_words(model, top.indices.cpu()), top.values.tolist(), strict=True)
                 ],
                 "p_full_top": float(probs[top_id]),
-                "moved": float(probs[top_id] - full[top_id].exp()),
-                "kl": float((full.exp() * (full - logp)).sum()),
+                "moved": float(probs[top_id] - full[0, top_id].exp()),
+                "kl": float(kl),
+                **numbers,
             }
         )
     return Explanation(rows=rows, tokens=_words(model, prompt[0]), ablation=ablation)
