@@ -226,3 +226,15 @@ def test_per_position_default_kinds_are_heads_and_mlps(mlp_model, mlp_task):
     assert s.heads.shape == (3, seq, 4) and s.mlps.shape == (3, seq) and s.neurons is None
     torch.testing.assert_close(s.mlps, tls.patch(mlp_model, mlp_task, kinds=("mlps",), per_position=True).mlps)
     assert tls.patch(mlp_model, mlp_task).neurons is not None  # over all positions the default has every kind
+
+
+@pytest.mark.parametrize("score", ["patch", "atp"])
+def test_batch_size_and_memory_must_be_positive(mlp_model, mlp_task, score):
+    """Issue 19: batch_size=0 was accepted silently."""
+    fn = tls.patch if score == "patch" else tls.attribute
+    for bad in (0, -2):
+        with pytest.raises(tls.TLSubmodelsError, match="batch_size must be a positive number"):
+            fn(mlp_model, mlp_task, batch_size=bad)
+    with pytest.raises(tls.TLSubmodelsError, match="max_memory_mb must be a positive"):
+        fn(mlp_model, mlp_task, max_memory_mb=0.0)
+    assert fn(mlp_model, mlp_task, batch_size=1, kinds="heads").heads.shape == (3, 4)

@@ -27,7 +27,7 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
+from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap
 from tl_submodels.sweep import Sweep, distributed, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
@@ -94,6 +94,7 @@ def attribute(
     if steps < 1:
         raise TLSubmodelsError(f"steps must be a positive number of interpolation steps, got {steps}")
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
+    check_budget(batch_size, max_memory_mb)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     sites = [(kind, layer) for layer in range(info.n_layers) for kind in kinds]
     names = [tlmodel.site_hook(kind, layer) for kind, layer in sites]

@@ -28,7 +28,7 @@ from tl_submodels import model as tlmodel
 from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage, StandardWeights
-from tl_submodels.scores import Direction, Scores, check_scoring, metric_gap
+from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap
 from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
@@ -117,6 +117,7 @@ def patch(
         torch.Size([2, 4])
     """
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
+    check_budget(batch_size, max_memory_mb)
     if components is not None and per_position:
         raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
     device = tlmodel.first_param_device(model)

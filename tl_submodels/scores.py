@@ -238,6 +238,20 @@ def check_scoring(
     return info, kinds, task.to(tlmodel.first_param_device(model))
 
 
+def check_budget(batch_size: int | None, max_memory_mb: float) -> None:
+    """The scorers' sizing arguments: ``batch_size`` a positive int or None, ``max_memory_mb`` positive.
+
+    Example:
+        >>> check_budget(None, 1024.0)
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise TLSubmodelsError(
+            f"batch_size must be a positive number of rows per forward, or None to fit max_memory_mb; got {batch_size!r}"
+        )
+    if not max_memory_mb > 0:
+        raise TLSubmodelsError(f"max_memory_mb must be a positive number of megabytes, got {max_memory_mb!r}")
+
+
 def metric_gap(task: Task, clean_value: float, corrupt_value: float) -> float:
     """clean - corrupt metric; refuses a task whose corrupt prompts do not move the metric."""
     gap = clean_value - corrupt_value
