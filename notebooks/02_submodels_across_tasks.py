@@ -238,8 +238,9 @@ pd.DataFrame(rows).T
 # ## 3. Explain one prediction
 #
 # `tls.explain` reruns a prompt with each part ablated and lists the top predictions side by
-# side, with how much probability the full model's top token lost (`moved`) and the KL
-# divergence from the full model. `combinations` adds runs with several parts ablated together.
+# side, with the change in the probability of the full model's top token (`p(full top) change`:
+# the ablated run's minus the full run's, so -0.9 means the ablation took 0.9 of it away) and the
+# KL divergence from the full model. `combinations` adds runs with several parts ablated together.
 #
 # **What to look for:** ablating the addition part should move the prediction to another
 # number; ablating the other tasks' parts should leave it alone, except where the specificity

@@ -184,7 +184,7 @@ def test_report_command_writes_an_offline_report(tmp_path, capsys):
         == 0
     )
     printed = json.loads(capsys.readouterr().out)
-    assert printed["sections"] == ["card", "scores", "submodels", "usage", "attention", "graph", "about"]
+    assert printed["sections"] == ["card", "scores", "submodels", "usage", "trace", "attention", "graph", "about"]
     assert out.stat().st_size == printed["bytes"] and "<script src" not in out.read_text()
 
 

@@ -46,3 +46,24 @@ def test_diff_refuses_other_architectures(mlp_model):
         tls.diff(mlp_model, small, [task])
     with pytest.raises(tls.TLSubmodelsError, match="no tasks"):
         tls.diff(mlp_model, mlp_model, [])
+
+
+def test_ranking_frame_shows_what_the_ranking_sorts_by(mlp_model, mlp_state):
+    """Issue 19: notebook 03's table looked unsorted: rows are ranked by the difference over the task's gap."""
+    one, two = (
+        make_mlp_task(mlp_model, n=6).replace(name="one"),
+        make_mlp_task(mlp_model, n=6, seed=3, diff_at=8).replace(name="two"),
+    )
+    other = tlmodel.build_from_tl_checkpoint(MLP_CFG, random_tl_state(MLP_CFG, seed=4))
+    d = tls.diff(mlp_model, other, [one, two], ablation="zero", min_score=-1.0)
+    for t in (one, two):
+        gaps = []
+        for m in (mlp_model, other):
+            s = tls.patch(m, t, kinds="heads", require_gap=False)
+            gaps.append(abs(s.clean_metric - s.corrupt_metric))
+        assert d.gaps[t.name] == pytest.approx(max(gaps), rel=1e-5)
+    frame = d.ranking_frame(12)
+    rel = frame["relative to the task's gap (ranked by |this|)"]
+    assert list(rel.abs()) == sorted(rel.abs(), reverse=True)
+    for _, row in frame.iterrows():
+        assert row.iloc[3] == pytest.approx(row["effect b - a"] / d.gaps[row["task"]])

@@ -104,6 +104,8 @@ def test_explain_matches_hand_written_runs(mlp_model, prompt):
             t = int(full.argmax())
             assert row["moved"] == pytest.approx(float(logp[t].exp() - full[t].exp()), abs=1e-5)
     assert ex.rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and ex.rows[0]["moved"] == 0.0
+    # the table names the sign: the ablated run's probability of the full top token minus the full run's
+    assert ex.to_frame()["p(full top) change"].tolist() == [r["moved"] for r in ex.rows]
     assert "heads+mlp" in str(ex)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tl_submodels import cli_decompose, cli_trace
+from tl_submodels.cli_words import EVALUATION_LEGEND, SCORE_LEGEND, in_words, outside_unit_notes
 from tl_submodels.errors import TLSubmodelsError
 
 MODEL_HELP = (
@@ -185,7 +186,8 @@ def _discover(args: argparse.Namespace) -> int:
         print(_dumps(out, indent=2))
         return 0
     table = Table(
-        title=f"top components: {args.model} / {args.task} (exact patching, {scores.direction}, {scores.metric})"
+        title=f"top components: {args.model} / {args.task} (exact patching, {scores.direction}, {scores.metric})",
+        caption=SCORE_LEGEND,
     )
     table.add_column("component")
     table.add_column("score", justify="right")
@@ -196,7 +198,7 @@ def _discover(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"clean metric {scores.clean_metric:.3f}, corrupt metric {scores.corrupt_metric:.3f}")
     console.print(f"[bold]circuit[/bold] ({len(circuit)} components): {', '.join(str(c) for c in circuit)}")
-    ev_table = Table(title=f"evaluation ({args.ablation} ablation)")
+    ev_table = Table(title=f"evaluation ({args.ablation} ablation)", caption=EVALUATION_LEGEND)
     for col in ("faithfulness", "necessity", "size", "accuracy full", "accuracy kept", "accuracy ablated"):
         ev_table.add_column(col, justify="right")
     ev_table.add_row(
@@ -208,6 +210,9 @@ def _discover(args: argparse.Namespace) -> int:
         f"{ev.accuracy_ablated:.3f}",
     )
     console.print(ev_table)
+    for note in outside_unit_notes(ev):
+        console.print(note)
+    console.print(in_words(args.model, task.name, circuit, ev))
     if args.out:
         console.print(f"wrote {args.out}")
     return 0

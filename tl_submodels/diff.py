@@ -12,7 +12,7 @@ refined member by member as factorize refines its parts).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +44,8 @@ class ModelDiff:
             (over tasks scaled by their larger clean-corrupt gap).
         parts: one SubModel per task where the models differ, named ``"{task}"``.
         validation: per part, per model (``"a"``/``"b"``), per task: accuracy unablated and ablated.
+        gaps: per task, the larger of the two models' clean-corrupt metric gaps: the ranking divides
+            each difference by it, so that tasks of different metric scales compare.
 
     Example:
         >>> d = tls.diff(harmless, harmful, tasks)  # doctest: +SKIP
@@ -59,6 +61,7 @@ class ModelDiff:
     parts: list[SubModel]
     validation: list[dict[str, dict[str, dict[str, float]]]]
     scores: list[float]
+    gaps: dict[str, float] = field(default_factory=dict)  # task -> the larger clean-corrupt gap (the ranking's scale)
 
     def plot(self) -> Any:
         """The components whose effects differ most, per task (plotly); see :func:`tl_submodels.viz.diff_heatmap`.
@@ -72,6 +75,27 @@ class ModelDiff:
 
     def _repr_html_(self) -> str:
         return str(self.to_frame().to_html())
+
+    def ranking_frame(self, top: int = 10) -> Any:
+        """The ``top`` differing (component, task) pairs as ranked: the difference in metric units, and
+        the value the ranking sorts by (the difference divided by the task's gap, ``gaps``).
+
+        Example:
+            >>> tls.diff(harmless, harmful, tasks).ranking_frame(5)  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "component": str(c),
+                    "task": t,
+                    "effect b - a": v,
+                    "relative to the task's gap (ranked by |this|)": v / self.gaps[t] if self.gaps else float("nan"),
+                }
+                for c, t, v in self.ranking[:top]
+            ]
+        )
 
     def __repr__(self) -> str:
         rows = [
@@ -241,4 +265,5 @@ def diff(
         parts=[parts[i] for i in order],
         validation=[validation[i] for i in order],
         scores=[scores[i] for i in order],
+        gaps={n: float(g) for n, g in zip(names, scale[:, 0].tolist(), strict=True)},
     )

@@ -299,7 +299,9 @@ class Explanation:
     """The top next-token predictions of the full model and with each sub-model ablated.
 
     ``rows[0]`` is the full model; each row has the ablated part's name, its top-k
-    ``(token, probability)``, the probability of the full model's top token, how much it moved,
+    ``(token, probability)``, the probability of the full model's top token, how much it moved
+    (``moved``: ablated minus full, so negative when the ablation takes probability from it; the
+    ``p(full top) change`` column of ``to_frame()``),
     and the KL divergence from the full model's distribution.
 
     Example:
@@ -341,7 +343,7 @@ class Explanation:
                     "ablated": r["ablated"],
                     **{f"#{i + 1}": f"{t} ({p:.2f})" for i, (t, p) in enumerate(r["top"][:k])},
                     "p(full top)": r["p_full_top"],
-                    "moved": r["moved"],
+                    "p(full top) change": r["moved"],  # negative: the ablation took probability from it
                     "kl": r["kl"],
                     **{key: r[key] for key in ("metric", "accuracy") if key in r},
                 }
