@@ -106,14 +106,19 @@ pd.DataFrame(
 # minus the largest change elsewhere) is below it. We keep every task's best part here
 # (`min_score=-1`) to judge them ourselves.
 #
-# **What to look for:** the largest differences should be on the `backdoor` task.
+# The table lists the ten (component, task) pairs whose effects differ most. `effect b - a` is
+# the difference in the task's metric units (here b is the harmful model); tasks' metrics span
+# different ranges, so the rows are ranked by the last column: that difference divided by the
+# task's clean-corrupt gap (`diff.gaps`).
+#
+# **What to look for:** most of the top rows are on the `backdoor` task, the one behaviour only
+# the harmful model has. The top row is not: a successor head whose effect on successor differs
+# by about a third of that task's gap. The two fine-tunes also differ in how they do successor;
+# the validated parts below tell that apart from the backdoor.
 
 # %%
 diff = tls.diff(harmless, harmful, tasks, min_score=-1.0)
-pd.DataFrame(
-    [(str(c), task, round(delta, 2)) for c, task, delta in diff.ranking[:10]],
-    columns=["component", "task", "effect in harmful - effect in harmless"],
-)
+diff.ranking_frame(10).round(2)
 
 # %% [markdown]
 # `diff.plot()` shows the components whose effects differ most, for every task: a column that
