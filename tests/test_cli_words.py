@@ -47,3 +47,14 @@ def test_in_words_names_what_the_card_lists_and_what_differs():
     assert in_words("my-model", "t", exact, dataclasses.replace(ev, faithfulness=0.5)).endswith(
         "50% of the metric and 100% accuracy."
     )
+
+
+def test_zoo_corpus_prints_text_that_decompose_reads(capsys, tmp_path):
+    assert main(["zoo", "corpus", "multitask-3l", "--n", "5", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model = tls.zoo.load("multitask-3l")
+    want = tls.zoo.corpus("multitask-3l", n=5, seed=3)
+    from tl_submodels import model as tlmodel
+
+    assert [tlmodel.tokenize(model, line) for line in lines] == want.tolist()  # BOS prepended again
+    assert main(["zoo", "corpus", "nope"]) == 2

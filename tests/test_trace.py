@@ -290,3 +290,14 @@ def test_cli_trace_refuses_parts_of_another_shape(tmp_path, capsys):
     assert main(["trace", "--model", "induction-2l", "--prompt", "1 2 3", "--part", str(tmp_path / "deep.json"),
                  "--ablation", "zero"]) == 2  # fmt: skip
     assert "n_layers" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_cut(induction_model):
+    """The tokenizer used to cut text to n_ctx silently (TransformerLens' default truncation)."""
+    long = " ".join(["t5", "t9"] * 30)  # 60 words, n_ctx 40
+    for call in (
+        lambda: tls.trace(induction_model, long, [tls.SubModel(["L1H0"], name="a")], ablation="zero"),
+        lambda: tls.usage(induction_model, [tls.SubModel(["L1H0"], name="a")], long, ablation="zero"),
+    ):
+        with pytest.raises(tls.TLSubmodelsError, match="61 tokens long; the model reads at most n_ctx=40"):
+            call()

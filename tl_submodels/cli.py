@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     zlist.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     zinfo = zsub.add_parser("info", help="a zoo model's card")
     zinfo.add_argument("name")
+    zcorpus = zsub.add_parser("corpus", help="a zoo model's training-like corpus as text, one sequence a line")
+    zcorpus.add_argument("name")
+    zcorpus.add_argument("--n", type=int, default=64, help="sequences (default 64)")
+    zcorpus.add_argument("--seed", type=int, default=0)
 
     d = sub.add_parser("discover", help="score components by exact patching and find a circuit for a task")
     d.add_argument("--model", required=True, help=MODEL_HELP)
@@ -154,6 +158,12 @@ def _zoo(args: argparse.Namespace) -> int:
             print(_dumps(zoo.list()))
         for name in [] if args.json else zoo.list():
             print(name)
+    elif args.zoo_command == "corpus":  # text without the BOS, which decompose and trace prepend
+        zoo.info(args.name)  # an unknown name: the clear error, before any loading
+        model = zoo.load(args.name)
+        bos = getattr(model.tokenizer, "bos_token_id", None)
+        for row in zoo.corpus(args.name, n=args.n, seed=args.seed).tolist():
+            print(" ".join(model.tokenizer.convert_ids_to_tokens(row[1:] if row and row[0] == bos else row)))
     else:
         print(_dumps(zoo.info(args.name), indent=2))
     return 0

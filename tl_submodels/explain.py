@@ -64,6 +64,10 @@ def _prompt(model: Any, tokens: str | Tensor | Sequence[int]) -> Tensor:
     info = tlmodel.model_info(model)
     if ids.min() < 0 or ids.max() >= info.d_vocab:
         raise TLSubmodelsError(f"token ids must lie in 0-{info.d_vocab - 1} (d_vocab={info.d_vocab})")
+    if ids.numel() > info.n_ctx:
+        raise TLSubmodelsError(
+            f"the prompt is {ids.numel()} tokens long; the model reads at most n_ctx={info.n_ctx}: shorten it"
+        )
     return ids.long()[None].to(tlmodel.first_param_device(model))
 
 

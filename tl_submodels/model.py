@@ -376,13 +376,13 @@ def build_from_tl_checkpoint(
 
 
 def tokenize(model: Any, text: str, *, prepend_bos: bool = True) -> list[int]:
-    """Token ids of ``text`` through the model's tokenizer."""
+    """Token ids of ``text`` through the model's tokenizer, never cut to ``n_ctx`` (callers check the length)."""
     if getattr(model, "tokenizer", None) is None:
         raise TLSubmodelsError(
             f"{type(model).__name__} has no tokenizer, so prompts cannot be tokenized; "
             "build the task from token ids with Task.from_tokens(model, clean=..., corrupt=..., answer=...)"
         )
-    ids = [int(t) for t in model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()]
+    ids = [int(t) for t in model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0].tolist()]
     unk, unk_text = getattr(model.tokenizer, "unk_token_id", None), getattr(model.tokenizer, "unk_token", None)
     if unk is not None and unk in ids and (not unk_text or unk_text not in text):
         raise TLSubmodelsError(
