@@ -95,8 +95,11 @@ def test_circuit_graph_nodes_colours_and_edges(drawn):
     assert set(nodes["shared"]) == {str(c) for c in a & b}
     assert set(nodes["a"]) == {str(c) for c in a - b}
     assert nodes["logits"] == ["logits"]
-    lines = [t for t in fig.data if t.mode == "lines"]
+    lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is False]
     assert 0 < len(lines) <= 5
+    # the edge colours have a legend: one entry per sign drawn, in the colour of those edges
+    legend = {t.name.split(":")[0]: t.line.color for t in fig.data if t.mode == "lines" and t.showlegend is not False}
+    assert legend == {f"edge {'+' if c == viz.PALETTE[0] else '-'}": c for c in {t.line.color for t in lines}}
     # the drawn edge weights are the largest sums of edge scores between drawn nodes
     drawn_heads = {str(c): c.layer for c in a | b}
     weights: dict[tuple[str, str], float] = {}

@@ -107,10 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="one offline HTML report: scores, sub-models, usage, attention, graph")
     r.add_argument("--model", required=True, help=MODEL_HELP)
     r.add_argument("--task", required=True, action="append", help=task_help)
-    r.add_argument("--part", action="append", type=Path, help="a sub-model JSON file (repeatable; default: see below)")
     r.add_argument(
-        "--factorize", action="store_true", help="report tls.factorize's sub-models (default: one circuit per task)"
+        "--part",
+        action="append",
+        type=Path,
+        help="a sub-model JSON file (repeatable). Default: tls.factorize's specific sub-models for several tasks, "
+        "tls.find_circuit's circuit for one",
     )
+    r.add_argument("--factorize", action="store_true", help="report tls.factorize's sub-models (also for one task)")
+    r.add_argument("--circuits", action="store_true", help="report one tls.find_circuit circuit per task")
     r.add_argument("--prompt", help="the prompt for usage and attention (default: the first task's first prompt)")
     r.add_argument("--ablation", default="mean", choices=["mean", "zero"])
     r.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
@@ -387,7 +392,13 @@ def _report(args: argparse.Namespace) -> int:
     if args.factorize:
         parts = tls.factorize(model, tasks, ablation=args.ablation, progress=True)
     card = args.model if args.model in tls.zoo.list() else None
-    rep = tls.report(model, tasks, parts=parts, prompt=args.prompt, card=card, ablation=args.ablation, progress=True)
+    if args.circuits and (args.part or args.factorize):
+        raise TLSubmodelsError("--circuits is the sub-models' source like --part and --factorize: give one of them")
+    if args.circuits:
+        parts = [tls.find_circuit(model, t, ablation=args.ablation, name=t.name) for t in tasks]
+    title = f"tl_submodels report: {args.model} on {', '.join(t.name for t in tasks)}"
+    rep = tls.report(model, tasks, parts=parts, prompt=args.prompt, card=card, ablation=args.ablation, title=title,
+                     progress=True)  # fmt: skip
     path = rep.save(args.out)
     size = path.stat().st_size
     if args.json:

@@ -245,7 +245,9 @@ def report(
             ``decomposition`` is given, and the report then has only the model card and the decomposition.
         parts: sub-models to report: a Factorization (its parts, evaluations and usage are used), a list or
             ``{name: SubModel}`` dict, or a Decomposition's parts (evaluated on ``tasks`` like a list);
-            default: one circuit per task from :func:`tls.find_circuit`.
+            default: for several tasks, :func:`tls.factorize`'s sub-models (each specific to its task,
+            what a reader should see first; whole circuits mostly share the components every task
+            needs), for one task its circuit from :func:`tls.find_circuit`.
         decomposition: a :class:`Decomposition` from :func:`tls.decompose` on this model: adds a section
             with each part's label, size, core, top contexts and evaluation (computed by ``decompose``,
             with its own ablation), a legend of those numbers, and the parts' usage by position.
@@ -277,7 +279,7 @@ def report(
     from tl_submodels.edges import attribute_edges
     from tl_submodels.evaluate import evaluate
     from tl_submodels.explain import _parts, explain, usage
-    from tl_submodels.factorize import Factorization
+    from tl_submodels.factorize import Factorization, factorize
     from tl_submodels.patching import patch
 
     if ablation not in ("mean", "zero"):
@@ -315,7 +317,9 @@ def report(
     factorization = parts if isinstance(parts, Factorization) else None
     steps = tqdm(total=6 if decomposition is None else 7, desc="report", disable=not progress)
 
-    rep = Report(title=title or f"tl_submodels report: {type(model).__name__} on {', '.join(t.name for t in tasks)}")
+    rep = Report(
+        title=title or f"tl_submodels report: {_model_name(model, card)} on {', '.join(t.name for t in tasks)}"
+    )
     rep.add("card", "Model", _card_section(model, card))
     if decomposition is not None:
         rep.add("decomposition", _decomposition_heading(decomposition), *_decomposition_blocks(decomposition))
@@ -334,7 +338,22 @@ def report(
     rep.add("scores", "Scores (exact activation patching, denoising)", *blocks)
     steps.update()
 
-    if parts is None:
+    if parts is None and len(tasks) > 1:  # specific sub-models: what a reader should see first
+        factorization = factorize(model, tasks, ablation=ablation, reference=reference)
+        how = (
+            "The sub-models are tls.factorize's: each prompt's per-component effects, factored across the tasks "
+            "and each factor grown into a whole sub-model while its ablation stays specific to its own task."
+        )
+    elif parts is None:
+        how = (
+            "The sub-model is tls.find_circuit's circuit of the task: the fewest components, by patching score, "
+            "that keep 0.9 of the metric with everything else ablated (pass parts= to report your own)."
+        )
+    else:
+        how = "The sub-models are the ones given to the report (parts=)."
+    if factorization is not None:
+        subs = list(factorization.parts)
+    elif parts is None:
         subs = [
             find_circuit(model, t, ablation=ablation, kinds=kinds, scores=s, name=t.name)
             for t, s in zip(tasks, all_scores, strict=True)
@@ -369,7 +388,21 @@ def report(
     ]
     import pandas as pd
 
-    sub_blocks: list[Any] = [pd.DataFrame(table), viz.evaluation_bars(evaluations)]
+    sub_blocks: list[Any] = [
+        f"<p>{html.escape(how)}</p>",
+        pd.DataFrame(table),
+        "<ul class='note'>"
+        "<li><b>faithfulness</b>: with only the sub-model kept (every other component ablated), the share of the "
+        "task's metric, above the all-ablated baseline, that remains; above 1 the sub-model alone does better than "
+        "the whole model.</li>"
+        "<li><b>necessity</b>: the share lost when only the sub-model is ablated (above 1: more than ablating "
+        "everything).</li>"
+        "<li><b>accuracy drop</b> and <b>largest drop elsewhere</b>: top-1 accuracy lost on its own task and on "
+        "the worst other task when it is ablated. Read them together: a sub-model that is faithful and necessary "
+        "but also has a large drop elsewhere holds components every task needs (shared machinery), not a "
+        "sub-model of its task alone.</li></ul>",
+        viz.evaluation_bars(evaluations),
+    ]
     if len(subs) > 1:
         sub_blocks += [viz.membership(subs), viz.overlap(subs)]
     if factorization is not None:
@@ -418,6 +451,16 @@ def report(
     return rep
 
 
+def _model_name(model: Any, card: dict[str, Any] | str | None) -> str:
+    """What the title calls the model: the card's name, else the config's model name, else its class."""
+    if isinstance(card, str):
+        return card
+    if isinstance(card, dict) and card.get("name"):
+        return str(card["name"])
+    name = getattr(getattr(model, "cfg", None), "model_name", None)
+    return str(name) if name and name != "custom" else type(model).__name__
+
+
 def _decomposition_heading(dec: Decomposition) -> str:
     return f"Parts found on a corpus without tasks (tls.decompose: {dec.method} effects, {dec.ablation} ablation)"
 
@@ -426,7 +469,7 @@ def _decomposition_report(
     model: Any, dec: Decomposition, card: dict[str, Any] | str | None, title: str | None, traces: list[Trace]
 ) -> Report:
     """The report of a decomposition alone: the model card, the decomposition, the traces given, the versions."""
-    rep = Report(title=title or f"tl_submodels report: {type(model).__name__}, {len(dec.parts)} parts of a corpus")
+    rep = Report(title=title or f"tl_submodels report: {_model_name(model, card)}, {len(dec.parts)} parts of a corpus")
     rep.add("card", "Model", _card_section(model, card))
     rep.add("decomposition", _decomposition_heading(dec), *_decomposition_blocks(dec))
     if traces:

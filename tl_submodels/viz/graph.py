@@ -109,6 +109,14 @@ def circuit_graph(
                     showlegend=False,
                 )
             )
+        for sign, colour in (("+", PALETTE[0]), ("-", PALETTE[4])):  # what the edge colours mean
+            if any((v >= 0) == (sign == "+") for _, v in strongest):
+                fig.add_trace(
+                    go.Scatter(
+                        x=[None], y=[None], mode="lines", line={"width": 3, "color": colour},
+                        name=f"edge {sign}: {'moves the metric toward clean' if sign == '+' else 'against it'} (width: |score|)",
+                    )
+                )  # fmt: skip
     colours = {s.name: PALETTE[i % len(PALETTE)] for i, s in enumerate(subs)}
     groups: dict[str, list[str]] = {}
     for name in nodes:
@@ -124,7 +132,8 @@ def circuit_graph(
                 mode="markers+text",
                 marker={"size": [size[m] for m in members], "color": colour, "line": {"width": 1, "color": "white"}},
                 text=members,
-                textposition="top center",
+                # MLP nodes sit below the heads: their labels below them, so no label sits on another
+                textposition=["bottom center" if nodes[m]["kind"] == "mlp" else "top center" for m in members],
                 hovertext=[f"{m}: {', '.join(owners[m]) or 'output'}" for m in members],
                 hoverinfo="text",
                 name=group,
@@ -132,7 +141,8 @@ def circuit_graph(
         )
     fig.update_xaxes(
         tickvals=[*range(n_layers), n_layers + 0.5],
-        ticktext=[*(f"layer {i}" for i in range(n_layers)), "logits"],
+        ticktext=[*(f"L{i}" for i in range(n_layers)), "logits"],
+        title="layer (heads at the layer, its MLP half a layer to the right)",
         showgrid=False,
     )
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
