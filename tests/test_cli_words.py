@@ -58,3 +58,12 @@ def test_zoo_corpus_prints_text_that_decompose_reads(capsys, tmp_path):
 
     assert [tlmodel.tokenize(model, line) for line in lines] == want.tolist()  # BOS prepended again
     assert main(["zoo", "corpus", "nope"]) == 2
+
+
+def test_every_table_has_a_legend(capsys):
+    assert main(["scores", "--model", "induction-2l", "--task", "induction", "--n", "8", "--method", "atp"]) == 0
+    assert "score: the gradient estimate" in " ".join(capsys.readouterr().out.split())
+    args = ["diff", "--model-a", "induction-2l", "--model-b", "induction-2l", "--task", "induction", "--n", "8"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "/ task gap: the same over the task's clean-corrupt gap, the value the rows are ranked by" in out

@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tl_submodels import cli_decompose, cli_trace
-from tl_submodels.cli_words import EVALUATION_LEGEND, SCORE_LEGEND, in_words, outside_unit_notes
+from tl_submodels.cli_words import (
+    DIFF_LEGEND,
+    ESTIMATE_LEGEND,
+    EVALUATION_LEGEND,
+    FACTORIZE_LEGEND,
+    SCORE_LEGEND,
+    in_words,
+    outside_unit_notes,
+)
 from tl_submodels.errors import TLSubmodelsError
 
 MODEL_HELP = (
     "a zoo model name (`tl-submodels zoo list`), a checkpoint folder (config.json + weights.safetensors in "
-    "HookedTransformer layout [+ tokenizer.json]), or a HuggingFace model name (loaded through TransformerLens; "
-    "needs the hub or its local cache)"
+    "HookedTransformer layout [+ tokenizer.json]), a HuggingFace folder as save_pretrained writes it (config.json "
+    "+ model.safetensors or pytorch_model.bin [+ tokenizer files]; loads offline), or a HuggingFace model name "
+    "(loaded through TransformerLens; needs the hub or its local cache)"
 )
 TASK_HELP = "a task of the zoo model, or a JSONL file of {clean, corrupt, answer, wrong} rows (repeatable)"
 
@@ -285,7 +294,8 @@ def _factorize(args: argparse.Namespace) -> int:
                           "parts": frame.to_dict(orient="records")}, indent=2))  # fmt: skip
         return 0
     table = Table(
-        title=f"sub-models of {args.model} ({args.scorer} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})"
+        title=f"sub-models of {args.model} ({args.scorer} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})",
+        caption=FACTORIZE_LEGEND,
     )
     for col in (
         "part",
@@ -336,11 +346,11 @@ def _diff(args: argparse.Namespace) -> int:
     if args.json:
         print(_dumps({"top": top, "parts": d.to_frame().to_dict(orient="records")}, indent=2))
         return 0
-    table = Table(title=f"components whose effects differ: {args.model_b} minus {args.model_a}")
-    for col in ("component", "task", "effect b - a"):
+    table = Table(title=f"components whose effects differ: {args.model_b} minus {args.model_a}", caption=DIFF_LEGEND)
+    for col in ("component", "task", "effect b - a", "/ task gap"):
         table.add_column(col)
     for c, t, v in d.ranking[: args.top]:
-        table.add_row(str(c), t, f"{v:+.3f}")
+        table.add_row(str(c), t, f"{v:+.3f}", f"{v / d.gaps[t]:+.3f}")
     console.print(table)
     console.print(d.to_frame().to_string(index=False) if d.parts else "no validated sub-model differs")
     return 0
@@ -369,7 +379,10 @@ def _scores(args: argparse.Namespace) -> int:
                "clean_metric": scores.clean_metric, "corrupt_metric": scores.corrupt_metric, "top": top}  # fmt: skip
         print(_dumps(out, indent=2))
         return 0
-    table = Table(title=f"top components: {args.model} / {task.name} ({scores.method}, {scores.direction})")
+    table = Table(
+        title=f"top components: {args.model} / {task.name} ({scores.method}, {scores.direction})",
+        caption=SCORE_LEGEND if scores.method == "patch" else ESTIMATE_LEGEND,
+    )
     table.add_column("component")
     table.add_column("score", justify="right")
     for c, v in scores.top(args.top):

@@ -11,6 +11,19 @@ SCORE_LEGEND = (
     "patched into the corrupt run (1: all of it; below 0 or above 1 where components interact); raw metric: the "
     "metric of that patched run"
 )
+ESTIMATE_LEGEND = (
+    "score: the gradient estimate (AtP or integrated gradients) of the share of the clean-corrupt metric gap that "
+    "patching the component restores; exact patching (--method patch) measures it"
+)
+FACTORIZE_LEGEND = (
+    "size: members of the part (core: its necessary members); faithfulness: the share of its task's metric kept "
+    "with only the part; necessity: the share lost ablating it; accuracy drop: on its task, and the largest on any "
+    "other task (near 0: the part is specific)"
+)
+DIFF_LEGEND = (
+    "effect b - a: how much more the component's ablation moves the task's metric in model b than in a (metric "
+    "units); / task gap: the same over the task's clean-corrupt gap, the value the rows are ranked by"
+)
 EVALUATION_LEGEND = (
     "faithfulness: the share of the metric (above the all-ablated baseline) kept when only the circuit runs; "
     "necessity: the share lost when the circuit alone is ablated; accuracy: top-1 on the task's clean prompts with "
