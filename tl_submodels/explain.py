@@ -412,8 +412,14 @@ def explain(
     vocab = tlmodel.model_info(model).d_vocab
     if not 1 <= k <= vocab:
         raise TLSubmodelsError(f"k must be in 1-{vocab}, got {k}")
-    task = tokens.to(tlmodel.first_param_device(model)) if isinstance(tokens, Task) else None
-    prompt, _, reference, _, _ = _behaviour(model, tokens, reference, None)
+    task = None
+    if isinstance(tokens, Task):
+        task = tokens.to(tlmodel.first_param_device(model))
+        if task.d_vocab != tlmodel.model_info(model).d_vocab:
+            raise TLSubmodelsError(f"task {task.name!r} was built for d_vocab={task.d_vocab}, not this model's")
+        prompt, reference = task.clean, task.corrupt if reference is None else reference
+    else:
+        prompt = _prompt(model, tokens)
     ablator = _ablator(model, ablation, reference, prompt)
 
     def read(hooks: list) -> tuple[Tensor, Tensor, dict[str, float]]:
@@ -427,11 +433,12 @@ def explain(
         weight = (w / w.sum(1, keepdim=True) / task.batch).flatten().to(at.device)  # each example weighs 1/batch
         return flat, weight, {"metric": float(task.metric(logits)), "accuracy": task.accuracy(logits)}
 
-    full, weight, _ = read([])
+    unablated = read([])
+    full, weight, _ = unablated
     top_id = int(full[0].argmax())
     rows = []
     for name, sub in [("full", None), *runs]:
-        logp, _, numbers = read([]) if sub is None else read(ablator.hooks(sub))
+        logp, _, numbers = unablated if sub is None else read(ablator.hooks(sub))
         probs = logp[0].exp()
         top = probs.topk(k)
         kl = ((full.exp() * (full - logp)).sum(-1) * weight.to(full.device)).sum()  # mean over the reads
