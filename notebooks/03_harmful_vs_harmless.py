@@ -96,11 +96,14 @@ pd.DataFrame(
 # `tls.diff(model_a, model_b, tasks)` scores every head and neuron in both models by exact
 # noising patching, in the task's metric units (not normalised: the harmless model has no
 # backdoor behaviour to normalise by), and ranks components by how much their effects differ.
-# For each task it then picks a candidate sub-model by validation: of the top 1, 2, 4, ...
-# components of that task's ranking, the set whose mean ablation changes the task's accuracy
-# most differently in the two models, at the least cost to the other tasks; then refined member
-# by member (members whose removal does not lower that score go, and of the 32 top-ranked the
-# one that raises it most comes in, while that helps).
+# For each task it then picks a candidate sub-model by validation. The candidates are the task's
+# 64 top-ranked components, less those whose mean ablation alone changes another task's accuracy
+# by more than 0.1 in either model (patching measures a component on the task's own prompts;
+# ablation replaces it everywhere, and a component can differ here and break another task).
+# Of the top 1, 2, 4, ... candidates, the set whose mean ablation changes the task's accuracy
+# most differently in the two models, at the least cost to the other tasks, wins; then it is
+# refined member by member (members whose removal does not lower that score go, and of the 32
+# top candidates the one that raises it most comes in, while that helps).
 #
 # `min_score` drops the parts whose validated score (the accuracy difference on their own task
 # minus the largest change elsewhere) is below it. We keep every task's best part here

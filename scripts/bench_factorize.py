@@ -1,6 +1,8 @@
 """Benchmark factorize on multitask-3l: exact per-prompt patching against attribution (AtP) effects.
 
 Prints JSON lines: the time of each (the exact run is the baseline measured in the same run),
+a ``factorize_vs_patch`` line (factorize with exact patching over the time of the patching alone,
+the same prompts in the same run: the work after scoring is the validation of the parts by ablation),
 split into the scoring (inside ``patch`` / ``attribute``) and the rest (the factorisation, choosing
 k, and validating every part by ablation, the same work for both), the ratios, and how well the two agree: Spearman correlation of the per-prompt effect matrices,
 and for each task label the Jaccard overlap of the sub-models the two runs find.
@@ -66,6 +68,12 @@ def main() -> None:
                           "purity": round(f.purity, 3), "parts": parts, "prompts": len(f.prompt_task),
                           "components": len(f.components)}), flush=True)  # fmt: skip
     (fp, tp, sp), (fa, ta, sa) = runs["patch"], runs["atp"]
+    t0 = time.perf_counter()
+    for t in tasks:  # the scoring alone, outside factorize
+        tls.patch(model, t, kinds=("heads", "neurons"), direction="noising", per_example=True)
+    patching = time.perf_counter() - t0
+    print(json.dumps({"bench": "factorize_vs_patch", "factorize_seconds": round(tp, 3), "patch_seconds": round(patching, 3),
+                      "ratio": round(tp / patching, 3), "threads": args.threads, "prompts_per_task": args.n}), flush=True)  # fmt: skip
     overlap = {}
     for p in fp.parts:
         q = next((q for q in fa.parts if q.name == p.name), None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP_CFG, assert_same_weights, hook_count, weights_snapshot
+from conftest import MLP_CFG, assert_same_weights, hook_count, make_mlp_task, weights_snapshot
 
 import tl_submodels as tls
 from tl_submodels import model as tlmodel
+from tl_submodels.ablation import AblatedRuns
 
 ATOL = 1e-4
 
@@ -237,3 +238,44 @@ def test_a_reference_outside_the_vocabulary_is_refused_clearly(mlp_model):
             ablation="mean",
             reference=[torch.zeros(1, 3, dtype=torch.long), -torch.ones(1, 4, dtype=torch.long)],
         )
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero", "resample"])
+def test_ablated_runs_equal_the_hooked_runs(mlp_model, ablation):
+    """AblatedRuns (the searches' fast ablated forwards: the weight-level path, starting from the run
+    it shares the most layers with) against plain hooked forwards, for a random walk of sets like a
+    search makes: one unit added or dropped at a time, jumps, keep-only sets, repeats, some tasks only."""
+    from test_multiposition import mlp_reads
+
+    tasks = [
+        make_mlp_task(mlp_model, n=5),
+        make_mlp_task(mlp_model, n=4, seq=9, seed=1),
+        mlp_reads(mlp_model, ragged=True)[0],
+    ]
+    reference = tasks[0].corrupt
+    ablator = tls.Ablator(mlp_model, ablation=ablation, reference=reference)
+    runs = AblatedRuns(mlp_model, ablator, tasks)
+    # the weight-level path where the ablation is one value per unit (zero, mean), hooks otherwise
+    assert (runs.weights is not None) == (ablation != "resample")
+    info = tlmodel.model_info(mlp_model)
+    every = info.components(("heads", "neurons"))
+    g = torch.Generator().manual_seed(0)
+    current: set = set()
+    walk = []
+    for step in range(40):
+        c = every[int(torch.randint(len(every), (1,), generator=g))]
+        current = current ^ {c} if step % 7 else {every[int(i)] for i in torch.randint(len(every), (6,), generator=g)}
+        walk.append((sorted(current), step % 5 == 4, None if step % 3 else [int(step % 3), 0][: 1 + step % 2]))
+    walk += [([tls.MLP(1), tls.Head(2, 0)], False, None), (walk[3][0], walk[3][1], None), ([], True, None)]
+    for sub, keep_only, only in walk:
+        got = runs.finals(sub, keep_only=keep_only, only=only)
+        hooks = ablator.hooks(sub, keep_only=keep_only)
+        for i, final in zip(range(len(tasks)) if only is None else only, got, strict=True):
+            t = tasks[i]
+            expected = t.final_logits(mlp_model.run_with_hooks(t.clean, fwd_hooks=hooks))
+            torch.testing.assert_close(final, expected, atol=ATOL, rtol=0)
+        accs = runs.accuracies(sub, keep_only=keep_only, only=only)
+        assert accs == [
+            tasks[i].read_accuracy(f) for i, f in zip(range(len(tasks)) if only is None else only, got, strict=True)
+        ]
+    assert hook_count(mlp_model) == 0

@@ -14,7 +14,8 @@ sees one new token) use those only with ``use_past_kv_cache=False``.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -164,12 +165,21 @@ class Ablator:
             )
         self._ref_acts: dict[str, Tensor] = {}
 
-    def hooks(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
-        """``fwd_hooks`` that ablate ``sub`` (or its complement with ``keep_only``)."""
+    def targets(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[Component]:
+        """The components that ablating ``sub`` (or keeping only it) replaces, checked against the model.
+
+        Example:
+            >>> [str(c) for c in Ablator(model).targets(["L0H0"])]  # doctest: +SKIP
+            ['L0H0']
+        """
         comps = [parse_component(c) for c in sub]
         for c in comps:
             self.info.check_component(c)
-        targets = complement(self.model, comps) if keep_only else comps
+        return complement(self.model, comps) if keep_only else comps
+
+    def hooks(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
+        """``fwd_hooks`` that ablate ``sub`` (or its complement with ``keep_only``)."""
+        targets = self.targets(sub, keep_only=keep_only)
         if not targets:
             return []
         tlmodel.check_model(self.model, tuple({c.kind for c in targets}), training_ok=True)
@@ -223,6 +233,238 @@ class Ablator:
                 acts = runs[0]
             self._ref_acts.update(acts)
         return {n: self._ref_acts[n] for n in names}
+
+
+FAST_TOLERANCE = 1e-4  # the weight-level forward's largest logit difference from the model's, relative
+CACHE_MB = 1024  # AblatedRuns keeps every layer's unablated residual stream when it fits in this
+
+
+class AblatedRuns:
+    """The read logits of some tasks' clean prompts with many component sets ablated in turn, fast.
+
+    Searches that validate sets by ablation (``factorize``, ``diff``) run the same prompts again
+    and again. This runs them once unablated and keeps each layer's residual stream; an ablated
+    run then starts at the first layer the set touches. Where the model is a plain pre-norm
+    transformer (:func:`tl_submodels.fastpath.standard_weights`) and the ablation is zero or
+    all-position mean, it runs over the weights instead of through hooks, with the last layer
+    only at the positions the tasks read; the first ablated run is checked against the hooked
+    one (and the unablated against the model's own logits), and any difference above 1e-4
+    switches to hooks for good. Tasks whose prompts have the same length share a forward.
+
+    Example:
+        >>> runs = AblatedRuns(model, Ablator(model, ablation="mean", reference=task.corrupt), [task])  # doctest: +SKIP
+        >>> runs.accuracies(["L1H0"])  # doctest: +SKIP
+        [0.25]
+    """
+
+    def __init__(self, model: Any, ablator: Ablator, tasks: list[Any], *, max_rows: int = 512) -> None:
+        from tl_submodels import fastpath  # the weight-level forward
+
+        self.model, self.ablator, self.tasks, self.info = model, ablator, list(tasks), ablator.info
+        self.max_rows = max_rows
+        device = tlmodel.first_param_device(model)
+        fast = (
+            ablator.ablation in ("zero", "mean")
+            and not ablator.per_position
+            and tlmodel.is_attention_causal(model)
+            and not tlmodel.has_hooks(model)
+        )
+        self.weights = fastpath.standard_weights(model) if fast else None
+        self._checked = self.weights is None
+        n_layers = self.info.n_layers
+        tokens = sum(t.batch * t.seq_len for t in self.tasks)
+        self.layers = list(range(n_layers)) if tokens * self.info.d_model * n_layers * 4 / 2**20 <= CACHE_MB else [0]
+        names = [tlmodel.hook_resid_pre(layer) for layer in self.layers]
+        # per task: its read logits and residual streams, unablated (one forward per task: done once)
+        self._full: list[Tensor] = []
+        self._resid: list[dict[int, Tensor]] = []
+        for t in self.tasks:
+            logits, cache = tlmodel.run_cache(model, t.clean.to(device), names)
+            self._full.append(t.final_logits(logits))
+            self._resid.append({layer: cache[n] for layer, n in zip(self.layers, names, strict=True)})
+        self._views: dict[tuple[int, ...], _View] = {}
+        self._plan(list(range(len(self.tasks))))  # checks the weight-level forward against the model's logits
+
+    def finals(
+        self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False, only: Iterable[int] | None = None
+    ) -> list[Tensor]:
+        """Each task's read logits (``Task.final_logits`` of its clean run) with ``sub`` ablated (or
+        everything but ``sub``, ``keep_only``); ``only``: those tasks' (by index), in that order.
+
+        Example:
+            >>> runs.finals(["L1H0"], only=[0])[0].shape  # doctest: +SKIP
+            torch.Size([64, 74])
+        """
+        wanted = list(range(len(self.tasks))) if only is None else list(only)
+        targets = self.ablator.targets(sub, keep_only=keep_only)
+        if not targets:
+            return [self._full[i] for i in wanted]
+        first = min(c.layer for c in targets)
+        start = max(layer for layer in self.layers if layer <= first)
+        ablate = self._ablate(targets) if self.weights is not None else None
+        out: dict[int, Tensor] = {}
+        for v in self._plan(sorted(set(wanted))):
+            finals = None
+            if ablate is not None and v.runner is not None:
+                with torch.no_grad():
+                    finals = v.run(frozenset(targets), ablate)
+                if not self._checked:  # the first ablated run: the weight-level forward against the hooked one
+                    self._checked = True
+                    if not _close(finals, self._hooked(v, targets, start)):
+                        warnings.warn(
+                            "tl_submodels: the weight-level ablated forward differs from the hooked one on "
+                            f"{type(self.model).__name__}; running ablations through hooks instead (slower, exact).",
+                            stacklevel=2,
+                        )
+                        self.weights, ablate, finals = None, None, None
+            if finals is None:
+                finals = self._hooked(v, targets, start)
+            out.update(zip(v.index, finals.split(v.sizes), strict=True))
+        return [out[i] for i in wanted]
+
+    def metrics(self, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> list[float]:
+        """Each task's metric with ``sub`` ablated (takes the arguments of :meth:`finals`)."""
+        wanted = list(range(len(self.tasks)) if kwargs.get("only") is None else kwargs["only"])
+        return [
+            float(self.tasks[i].per_example(f).mean()) for i, f in zip(wanted, self.finals(sub, **kwargs), strict=True)
+        ]
+
+    def accuracies(self, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> list[float]:
+        """Each task's top-1 accuracy with ``sub`` ablated (takes the arguments of :meth:`finals`)."""
+        wanted = list(range(len(self.tasks)) if kwargs.get("only") is None else kwargs["only"])
+        return [self.tasks[i].read_accuracy(f) for i, f in zip(wanted, self.finals(sub, **kwargs), strict=True)]
+
+    def _plan(self, wanted: list[int]) -> list[_View]:
+        """The forwards that run the ``wanted`` tasks: tasks with prompts of one length and reads of
+        one shape share one, up to ``max_rows`` rows, for zero and mean ablation (views are kept: a search
+        asks for the same ones)."""
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        alone = self.ablator.ablation in ("resample", "patch")  # values drawn or taken row by row: one task a run
+        for i in wanted:
+            t = self.tasks[i]
+            by_shape[(t.seq_len, t.out_pos.shape[1] if t.out_pos.ndim == 2 else 0, i if alone else -1)].append(i)
+        plan = []
+        for members in by_shape.values():
+            chunk: list[int] = []
+            for i in [*members, -1]:
+                if chunk and (i < 0 or sum(self.tasks[c].batch for c in chunk) + self.tasks[i].batch > self.max_rows):
+                    key = tuple(chunk)
+                    if key not in self._views:
+                        self._views[key] = _View(self, chunk)
+                        if self.weights is not None and not self._views[key].check():
+                            self.weights, self._checked = None, True
+                    plan.append(self._views[key])
+                    chunk = []
+                if i >= 0:
+                    chunk.append(i)
+        return plan
+
+    def _ablate(self, targets: list[Component]) -> dict[int, Any]:
+        """The weight-level forward's ablation: per layer, which units become which values."""
+        from tl_submodels.fastpath import LayerAblation
+
+        by_layer: dict[int, dict[Kind, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for c in targets:
+            by_layer[c.layer][c.kind].append(_unit(c))
+        values = self.ablator.values([tlmodel.site_hook(kind, layer) for layer, ks in by_layer.items() for kind in ks])
+        device = tlmodel.first_param_device(self.model)
+
+        def value(kind: Kind, layer: int, units: list[int]) -> Tensor:
+            v = values[tlmodel.site_hook(kind, layer)].to(device)
+            return v if v.ndim == 0 or kind == "mlps" else v[units]
+
+        def index(units: list[int]) -> Tensor:
+            return torch.tensor(units, device=device)
+
+        return {
+            layer: LayerAblation(
+                heads=index(ks["heads"]) if "heads" in ks else None,
+                head_values=value("heads", layer, ks["heads"]) if "heads" in ks else None,
+                neurons=index(ks["neurons"]) if "neurons" in ks else None,
+                neuron_values=value("neurons", layer, ks["neurons"]) if "neurons" in ks else None,
+                mlp_value=value("mlps", layer, []) if "mlps" in ks else None,
+            )
+            for layer, ks in by_layer.items()
+        }
+
+    def _hooked(self, v: _View, targets: list[Component], start: int) -> Tensor:
+        logits = tlmodel.forward_from(self.model, start, v.tokens, v.resid(start), self.ablator.hooks(targets))
+        return torch.cat([t.final_logits(lg) for t, lg in zip(v.tasks, logits.split(v.sizes), strict=True)])
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    return float((a - b).abs().max()) <= FAST_TOLERANCE * max(1.0, float(b.abs().max()))
+
+
+class _View:
+    """Some tasks of an :class:`AblatedRuns` run in one forward: their prompts stacked, and for the
+    weight-level forward the residual streams of recent runs, so that a set that differs from one
+    of them only from some layer on starts there (after that layer's attention where only MLP
+    units differ there)."""
+
+    def __init__(self, runs: AblatedRuns, index: list[int]) -> None:
+        from tl_submodels.fastpath import PrefixRunner
+
+        self.runs, self.index = runs, index
+        self.tasks = [runs.tasks[i] for i in index]
+        self.sizes = [t.batch for t in self.tasks]
+        device = tlmodel.first_param_device(runs.model)
+        self.tokens = torch.cat([t.clean for t in self.tasks]).to(device)
+        self._resid: dict[int, Tensor] = {}
+        self.runner = None
+        self.anchors: OrderedDict[frozenset[Component], tuple[dict[tuple[int, Any], Tensor], Tensor]] = OrderedDict()
+        self.keep = 1
+        if runs.weights is not None:
+            out_pos = torch.cat([t.out_pos for t in self.tasks]).to(device)
+            n_layers = runs.info.n_layers
+            self.runner = PrefixRunner(runs.weights, [None] * n_layers, [None] * n_layers, 0, out_pos)
+            run_mb = 2 * n_layers * self.tokens.numel() * runs.info.d_model * 4 / 2**20
+            self.keep = int(max(2, min(16, CACHE_MB // max(run_mb, 1e-9))))
+
+    def resid(self, layer: int) -> Tensor:
+        if layer not in self._resid:
+            self._resid[layer] = torch.cat([self.runs._resid[i][layer] for i in self.index])
+        return self._resid[layer]
+
+    def check(self) -> bool:
+        """The unablated weight-level run (kept as the first anchor) equals the model's own logits."""
+        assert self.runner is not None
+        capture: dict[tuple[int, Any], Tensor] = {}
+        with torch.no_grad():
+            finals = self.runner.run(self.resid(0), 0, "pre", {}, capture=capture)
+        self.anchors[frozenset()] = (capture, finals)
+        return _close(finals, torch.cat([self.runs._full[i] for i in self.index]))
+
+    def run(self, targets: frozenset[Component], ablate: dict[int, Any]) -> Tensor:
+        """The read logits with ``targets`` ablated, continued from the recent run it shares the most layers with."""
+        assert self.runner is not None
+        best: tuple[int, frozenset[Component], tuple[int, Any]] | None = None
+        for kept in self.anchors:
+            differ = targets ^ kept
+            if not differ:
+                self.anchors.move_to_end(kept)
+                return self.anchors[kept][1]
+            layer = min(c.layer for c in differ)
+            heads = any(c.layer == layer and c.kind == "heads" for c in differ)
+            start = (layer, "pre" if heads else "attn")
+            if best is None or _rank(start) > best[0]:
+                best = (_rank(start), kept, start)
+        assert best is not None
+        rank, kept, (layer, stage) = best
+        resids = self.anchors[kept][0]
+        capture = {k: t for k, t in resids.items() if _rank(k) <= rank}  # the same as the anchor's up to the start
+        last = layer == self.runs.info.n_layers - 1 and stage == "attn"
+        finals = self.runner.run(resids[(layer, stage)], layer, stage, ablate, capture=capture, read_only=last)
+        self.anchors[targets] = (capture, finals)
+        while len(self.anchors) > self.keep:  # the oldest goes; the unablated run stays
+            oldest = next(k for k in self.anchors if k)
+            del self.anchors[oldest]
+        return finals
+
+
+def _rank(point: tuple[int, Any]) -> int:
+    """Order of points in the forward: a layer's entry, then after its attention."""
+    return 2 * point[0] + (point[1] == "attn")
 
 
 class _SiteHook:

@@ -7,6 +7,15 @@ top-ranked components form a candidate sub-model, chosen by validation: sets are
 both models, and the one whose ablation changes that task's accuracy most differently in the
 two models, at the least cost to the other tasks, wins (the best prefix of the ranking, then
 refined member by member as factorize refines its parts).
+
+The candidates are the task's 64 top-ranked components less those whose ablation alone changes
+another task's accuracy by more than 0.1 in either model. Patching measures a component on the
+task's own prompts; ablation replaces it on every prompt, so a component can differ on one task
+and, ablated, break another. Without that filter, on harmful-3l with the backdoor prompts of seed
+5, the top-ranked neuron cost majority 94 points alone, every prefix of the ranking broke another
+task, and no backdoor part was found; with it, the backdoor part is found on every sample we
+tried (tests/test_diff_seeds.py). Validation runs go through :class:`tl_submodels.ablation.AblatedRuns`
+(ablated forwards that start at the first layer a set changes).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, Ablator, Reference
+from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
 from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.factorize import refine_by_validation
@@ -30,6 +39,8 @@ from tl_submodels.summary import MAX_ITEMS, listed, summary_text
 from tl_submodels.task import Task, check_tasks
 
 ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
+CANDIDATES = 64  # a task's part is chosen from its most differing components ...
+ALONE_ELSEWHERE = 0.1  # ... that, ablated alone, change no other task's accuracy by more than this in either model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,46 +208,60 @@ def diff(
     ranking = [(components[i % len(components)], names[i // len(components)], float(delta.flatten()[i])) for i in flat]
 
     ref = reference if reference is not None else [t.corrupt for t in tasks]
-    ablators = {m: Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
-                for m, model in (("a", model_a), ("b", model_b))}  # fmt: skip
     models = {"a": model_a, "b": model_b}
+    runs = {
+        m: AblatedRuns(
+            model,
+            Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref),
+            [t.to(tlmodel.first_param_device(model)) for t in tasks],
+        )
+        for m, model in models.items()
+    }
 
-    def accuracies(m: str, sub: list[Component]) -> list[float]:
-        model = models[m]
-        hooks = ablators[m].hooks(sub) if sub else []
-        dev = tlmodel.first_param_device(model)
-        return [t.accuracy(tlmodel.run_logits(model, t.clean.to(dev), hooks)) for t in tasks]
+    seen: dict[frozenset[int], dict[str, list[float]]] = {}  # every task's search asks about some of the same sets
 
-    base = {m: accuracies(m, []) for m in models}
+    def accuracies(members: frozenset[int]) -> dict[str, list[float]]:
+        if members not in seen:
+            seen[members] = {m: runs[m].accuracies([components[c] for c in sorted(members)]) for m in models}
+        return seen[members]
+
+    base = accuracies(frozenset())
     parts, validation, scores = [], [], []
 
     def choose(ti: int) -> tuple[float, list[int], dict[str, list[float]]]:
-        """Task ``ti``'s part: the best prefix of its ranking (sizes 1, 2, 4, ...), refined by validation
-        (members that do not help are dropped; of the 32 top-ranked, the best is added while that helps).
+        """Task ``ti``'s part: the best prefix of its candidates (sizes 1, 2, 4, ...), refined by validation
+        (members that do not help are dropped; of the 32 top candidates, the best is added while that helps).
 
         A set's score: how differently its ablation changes the task's accuracy in the two models,
         less the largest change on any other task in either model. Returns score, members, accuracies.
         """
-        order = rel[ti].argsort(descending=True).tolist()
-        rank = {c: r for r, c in enumerate(order)}
-        memo: dict[frozenset[int], tuple[float, dict[str, list[float]]]] = {}
+        memo: dict[frozenset[int], tuple[float, float, dict[str, list[float]]]] = {}
 
-        def validated(members: frozenset[int]) -> tuple[float, dict[str, list[float]]]:
+        def validated(members: frozenset[int]) -> tuple[float, float, dict[str, list[float]]]:
+            """(score, the largest accuracy change on another task in either model, accuracies)."""
             if members not in memo:
-                acc = {m: accuracies(m, [components[c] for c in sorted(members)]) for m in models}
+                acc = accuracies(members)
                 change = {m: [b - a for b, a in zip(base[m], acc[m], strict=True)] for m in models}
                 own = abs(change["a"][ti] - change["b"][ti])
-                others = [abs(change[m][j]) for m in models for j in range(len(tasks)) if j != ti]
-                memo[members] = (own - max(others, default=0.0), acc)
+                elsewhere = max([abs(change[m][j]) for m in models for j in range(len(tasks)) if j != ti], default=0.0)
+                memo[members] = (own - elsewhere, elsewhere, acc)
             return memo[members]
 
         def score(members: frozenset[int]) -> float:
             return validated(members)[0]
 
+        # Candidates: the most differing components whose ablation alone spares the other tasks. The
+        # effects are measured by patching on each task's own prompts, the validation by ablation over
+        # every task's: a component can differ on this task and, ablated, break another one (measured on
+        # harmful-3l, backdoor prompts of seed 5: the top-ranked neuron cost majority 94 points alone).
+        ranked = rel[ti].argsort(descending=True).tolist()
+        order = [c for c in ranked[:CANDIDATES] if validated(frozenset([c]))[1] <= ALONE_ELSEWHERE] or ranked
+        rank = {c: r for r, c in enumerate(order)}
+
         sizes = [2**i for i in range(len(order).bit_length())]  # 1, 2, 4, ... up to len(order)
         start = max((frozenset(order[:n]) for n in sizes), key=lambda p: (score(p), -len(p)))
         chosen = refine_by_validation(start, order[:32], score, prune_key=lambda c: -rank[c])
-        return score(chosen), sorted(chosen, key=rank.__getitem__), validated(chosen)[1]
+        return score(chosen), sorted(chosen, key=rank.__getitem__), validated(chosen)[2]
 
     for ti, t in enumerate(tasks):
         score_, members, acc = choose(ti)

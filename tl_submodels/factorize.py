@@ -48,7 +48,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, Ablator, Reference
+from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind, parse_component
 from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_METRIC, SPECIFIC_SLACK, grow_specific
@@ -279,12 +279,13 @@ def factorize(
     # 4. Members by validation, then the evaluation of each part.
     ref = reference if reference is not None else [t.corrupt for t in tasks]
     ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
-    base_acc = [_accuracy(model, t, []) for t in tasks]
+    runs = AblatedRuns(model, ablator, tasks)  # every set's validation runs through it
+    base_acc = runs.accuracies([])
     parts: list[SubModel] = []
     cores: list[SubModel] = []
     for j in tqdm(range(k), desc="validating parts", disable=not progress):
-        core = _choose_members(model, tasks, ablator, h, j, components, share[j], base_acc)
-        extent = _extent(model, tasks, ablator, h, j, components, core, names.index(labels[j]))
+        core = _choose_members(runs, h, j, components, share[j], base_acc)
+        extent = _extent(runs, h, j, components, core, names.index(labels[j]))
         name = labels[j] if labels.count(labels[j]) == 1 else f"{labels[j]}-{labels[: j + 1].count(labels[j])}"
         how = f"({scorer} effects, NMF), {ablation}-ablation-validated; {float(share[j].max()):.0%} of its use is on {labels[j]!r}"
         parts.append(SubModel(components=extent, name=name, description=f"factorize: factor {j} of {k} {how}"))
@@ -320,39 +321,8 @@ def factorize(
     )
 
 
-def _accuracy(model: Any, task: Task, hooks: list) -> float:
-    return task.accuracy(tlmodel.run_logits(model, task.clean, hooks))
-
-
-def _metric_and_accuracy(task: Task, logits: Tensor) -> tuple[float, float]:
-    return float(task.metric(logits)), task.accuracy(logits)
-
-
-def _run_tasks(model: Any, tasks: Sequence[Task], hooks: list) -> list[Tensor]:
-    """Each task's clean logits under ``hooks``: tasks whose prompts have the same length share a forward
-    (up to the largest task's rows, or 512), which on small models costs about what one task's does."""
-    out: list[Tensor | None] = [None] * len(tasks)
-    cap = max([512, *(t.batch for t in tasks)])
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, t in enumerate(tasks):
-        by_shape.setdefault(tuple(t.clean.shape[1:]), []).append(i)
-    for group in by_shape.values():
-        chunk: list[int] = []
-        for i in [*group, -1]:
-            if chunk and (i < 0 or sum(tasks[c].batch for c in chunk) + tasks[i].batch > cap):
-                logits = tlmodel.run_logits(model, torch.cat([tasks[c].clean for c in chunk]), hooks)
-                for c, part in zip(chunk, logits.split([tasks[c].batch for c in chunk]), strict=True):
-                    out[c] = part
-                chunk = []
-            if i >= 0:
-                chunk.append(i)
-    return [o for o in out if o is not None]
-
-
 def _choose_members(
-    model: Any,
-    tasks: list[Task],
-    ablator: Ablator,
+    runs: AblatedRuns,
     loadings: Tensor,
     j: int,
     components: list[Component],
@@ -376,8 +346,7 @@ def _choose_members(
 
     def score(members: frozenset[int]) -> float:
         if members not in memo:
-            hooks = ablator.hooks([components[c] for c in members]) if members else []
-            accs = [t.accuracy(logits) for t, logits in zip(tasks, _run_tasks(model, tasks, hooks), strict=True)]
+            accs = runs.accuracies([components[c] for c in members])
             drops = torch.tensor([b - a for a, b in zip(accs, base_acc, strict=True)])
             memo[members] = float((share * drops).sum() - ((1 - share) * drops).max())
         return memo[members]
@@ -405,9 +374,7 @@ def _choose_members(
 
 
 def _extent(
-    model: Any,
-    tasks: list[Task],
-    ablator: Ablator,
+    runs: AblatedRuns,
     loadings: Tensor,
     j: int,
     components: list[Component],
@@ -415,9 +382,8 @@ def _extent(
     own: int,
 ) -> list[Component]:
     """Factor ``j``'s core grown until keeping only it restores ``EXTENT_TARGET`` of task ``own``, while specific."""
-    task = tasks[own]
-    full = float(task.metric(tlmodel.run_logits(model, task.clean, [])))
-    nothing = float(task.metric(tlmodel.run_logits(model, task.clean, ablator.hooks([], keep_only=True))))
+    full = runs.metrics([], only=[own])[0]
+    nothing = runs.metrics([], keep_only=True, only=[own])[0]
     if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
         return core  # nothing to restore
 
@@ -426,27 +392,25 @@ def _extent(
     def faith(keep: list[Component]) -> float:  # memoised: the final trim revisits prefixes
         key = frozenset(keep)
         if key not in seen:
-            kept = float(task.metric(tlmodel.run_logits(model, task.clean, ablator.hooks(keep, keep_only=True))))
-            seen[key] = (kept - nothing) / (full - nothing)
+            seen[key] = (runs.metrics(keep, keep_only=True, only=[own])[0] - nothing) / (full - nothing)
         return seen[key]
 
+    tasks = runs.tasks
     others = [i for i in range(len(tasks)) if i != own]
-    full_runs = _run_tasks(model, [tasks[i] for i in others], [])
-    runs = {i: _metric_and_accuracy(tasks[i], logits) for i, logits in zip(others, full_runs, strict=True)}
-    nothing_runs = _run_tasks(model, [tasks[i] for i in others], ablator.hooks([], keep_only=True))
-    floor = {i: float(tasks[i].metric(logits)) for i, logits in zip(others, nothing_runs, strict=True)}
+    full_metric = dict(zip(others, runs.metrics([], only=others), strict=True))
+    full_acc = dict(zip(others, runs.accuracies([], only=others), strict=True))
+    floor = dict(zip(others, runs.metrics([], keep_only=True, only=others), strict=True))
+
+    def lost(i: int, final: Tensor) -> tuple[float, float]:
+        """What task ``i`` loses: top-1 accuracy, and metric as a fraction of its full-to-all-ablated gap."""
+        metric, acc = float(tasks[i].per_example(final).mean()), tasks[i].read_accuracy(final)
+        gap = full_metric[i] - floor[i]
+        return full_acc[i] - acc, (full_metric[i] - metric) / gap if abs(gap) > 1e-6 else 0.0
 
     def elsewhere(members: list[Component]) -> tuple[float, float]:
-        """The most any other task loses: top-1 accuracy, and metric as a fraction of its full-to-all-ablated gap."""
-        acc_lost, metric_lost = 0.0, 0.0
-        for i, logits in zip(
-            others, _run_tasks(model, [tasks[i] for i in others], ablator.hooks(members)), strict=True
-        ):
-            metric, acc = _metric_and_accuracy(tasks[i], logits)
-            gap = runs[i][0] - floor[i]
-            acc_lost = max(acc_lost, runs[i][1] - acc)
-            metric_lost = max(metric_lost, (runs[i][0] - metric) / gap if abs(gap) > 1e-6 else 0.0)
-        return acc_lost, metric_lost
+        """The most any other task loses (see ``lost``)."""
+        losses = [lost(i, f) for i, f in zip(others, runs.finals(members, only=others), strict=True)]
+        return max([0.0, *(a for a, _ in losses)]), max([0.0, *(m for _, m in losses)])
 
     # most loaded first: ranking by exclusive loading put in many components with tiny loadings,
     # whose small costs elsewhere added up on held-out prompts (measured: majority's extent 295-422
@@ -462,9 +426,16 @@ def _extent(
     acc_bound = max(SPECIFIC, core_acc + SPECIFIC_SLACK)
     metric_bound = max(SPECIFIC_METRIC, core_metric + SPECIFIC_SLACK)
 
+    order = list(others)  # the task that last failed is checked first: most candidates fail on one
+
     def specific(members: list[Component]) -> bool:
-        acc_lost, metric_lost = elsewhere(members)
-        return acc_lost <= acc_bound and metric_lost <= metric_bound
+        for i in order:
+            acc_lost, metric_lost = lost(i, runs.finals(members, only=[i])[0])
+            if acc_lost > acc_bound or metric_lost > metric_bound:
+                order.remove(i)
+                order.insert(0, i)
+                return False
+        return True
 
     return grow_specific(core, rest, faith, specific, EXTENT_TARGET)
 

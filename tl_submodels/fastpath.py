@@ -19,6 +19,7 @@ lines, which expose the same ``W_Q`` ... ``W_U`` and ``ln1`` ... ``ln_final`` on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +59,23 @@ class StandardWeights:
     ln_final: tuple[Tensor | None, Tensor | None]
     W_U: Tensor
     b_U: Tensor
+
+
+@dataclass(frozen=True)
+class LayerAblation:
+    """What one layer's ablated units become in a weight-level forward (zero or all-position mean
+    ablation: one value per unit, the same in every row and position).
+
+    ``heads`` index the layer's heads, their ``z`` set to ``head_values`` (``[n, d_head]``, or a
+    0-d zero); ``neurons`` index its MLP neurons, their post-activation set to ``neuron_values``;
+    ``mlp_value`` (``[d_model]``) replaces the whole MLP's output.
+    """
+
+    heads: Tensor | None = None
+    head_values: Tensor | None = None
+    neurons: Tensor | None = None
+    neuron_values: Tensor | None = None
+    mlp_value: Tensor | None = None
 
 
 _SUPPORTED_ACT = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
@@ -201,8 +219,8 @@ class PrefixRunner:
     def __init__(
         self,
         weights: StandardWeights,
-        prefix_k: list[Float[Tensor, "batch prefix head_index d_head"]],
-        prefix_v: list[Float[Tensor, "batch prefix head_index d_head"]],
+        prefix_k: list[Float[Tensor, "batch prefix head_index d_head"] | None],
+        prefix_v: list[Float[Tensor, "batch prefix head_index d_head"] | None],
         start: int,
         out_pos: Int[Tensor, " batch"] | Int[Tensor, "batch n"],
         prune_last: bool = True,
@@ -229,13 +247,22 @@ class PrefixRunner:
         resid: Float[Tensor, "rows suffix d_model"],
         layer: int,
         after: Stage = "pre",
+        ablate: Mapping[int, LayerAblation] | None = None,
+        *,
+        capture: dict[tuple[int, Stage], Tensor] | None = None,
+        read_only: bool = False,
     ) -> Float[Tensor, "rows d_vocab"] | Float[Tensor, "rows n d_vocab"]:
         """Logits at the read positions of every row, continuing the forward from ``resid``:
         ``[rows, d_vocab]`` for a ``[batch]`` ``out_pos``, ``[rows, n, d_vocab]`` for ``[batch, n]``.
 
         ``resid`` is the residual stream over the suffix positions at a point of ``layer``: its
         entry (``"pre"``), after its attention (``"attn"``) or after its MLP (``"mlp"``). Rows are
-        ``copies x batch``, copy-major (row ``c * batch + b`` is example ``b``).
+        ``copies x batch``, copy-major (row ``c * batch + b`` is example ``b``). ``ablate``: per
+        layer, units set to fixed values in every row, from ``layer`` on (an ablated run).
+        ``capture``: filled with the residual stream at each layer's entry (``(l, "pre")``) and after
+        its attention (``(l, "attn")``) from ``resid`` on; with ``prune_last`` the last layer's
+        ``"attn"`` holds the read positions only, ``[rows, n, d_model]``: pass it back with
+        ``read_only=True``.
         """
         w, d = self.w, self.start
         batch = self.out_pos.shape[0]
@@ -245,13 +272,16 @@ class PrefixRunner:
         q_rel = (self.out_pos - d).to(device)  # [batch, n]
         x = resid
         first = layer if after == "pre" else layer + 1
-        gathered = False  # whether x holds only the read positions yet
-        if after == "attn" and layer == self.n_layers - 1 and self.prune_last:
+        gathered = read_only  # whether x holds only the read positions yet
+        if after == "attn" and layer == self.n_layers - 1 and self.prune_last and not gathered:
             x, gathered = self._gather(x, q_rel, copies), True
+        ablate = ablate or {}
         if after == "attn":
-            x = self._mlp(x, layer)
+            x = self._mlp(x, layer, ablate.get(layer))
         he = self.n_heads * self.d_head
         for l in range(first, self.n_layers):
+            if capture is not None:
+                capture[(l, "pre")] = x
             h = _norm(x, w.ln1[l], w.normalization, w.eps)
             if l == self.n_layers - 1 and self.prune_last:  # queries, MLP, unembedding only where the metric reads
                 kv = _linear(h, self.W_QKV[l][:, he:], self.b_QKV[l][he:])
@@ -266,18 +296,29 @@ class PrefixRunner:
             q, k, v = (t.unflatten(-1, (self.n_heads, self.d_head)) for t in (q, k, v))
             scale = w.attn_scale * (l + 1 if w.scale_by_layer else 1)
             z = self._attend(q, k, v, l, allowed, copies, scale)
-            x = self._mlp(x + _linear(z.flatten(-2), self.W_O2[l], w.b_O[l]), l)
+            abl = ablate.get(l)
+            if abl is not None and abl.heads is not None:
+                z[:, :, abl.heads] = abl.head_values if abl.head_values is not None else 0.0
+            x = x + _linear(z.flatten(-2), self.W_O2[l], w.b_O[l])
+            if capture is not None:
+                capture[(l, "attn")] = x
+            x = self._mlp(x, l, abl)
         if not gathered:  # started after the last layer's MLP, or prune_last is off
             x = self._gather(x, q_rel, copies)
         x = _norm(x[:, 0] if self.one_read else x, w.ln_final, w.normalization, w.eps)
         return x @ w.W_U + w.b_U
 
-    def _mlp(self, x: Tensor, layer: int) -> Tensor:
+    def _mlp(self, x: Tensor, layer: int, ablate: LayerAblation | None = None) -> Tensor:
         w = self.w
         if w.W_in is None or w.b_in is None or w.W_out is None or w.b_out is None:
             return x
+        if ablate is not None and ablate.mlp_value is not None:  # the whole MLP's output replaced
+            return x + ablate.mlp_value
         h = _norm(x, w.ln2[layer], w.normalization, w.eps)
-        return x + _linear(_act(_linear(h, w.W_in[layer], w.b_in[layer]), w.act_fn), w.W_out[layer], w.b_out[layer])
+        post = _act(_linear(h, w.W_in[layer], w.b_in[layer]), w.act_fn)
+        if ablate is not None and ablate.neurons is not None:
+            post[..., ablate.neurons] = ablate.neuron_values if ablate.neuron_values is not None else 0.0
+        return x + _linear(post, w.W_out[layer], w.b_out[layer])
 
     @staticmethod
     def _gather(t: Tensor, q_rel: Tensor, copies: int) -> Tensor:
@@ -293,6 +334,7 @@ class PrefixRunner:
         scores = scores.masked_fill(~allowed[None, :, None], float("-inf"))
         if self.start > 0:
             kp, vp = self.prefix_k[layer], self.prefix_v[layer]
+            assert kp is not None and vp is not None, "a prefix needs its cached keys and values"
             pre = torch.einsum("cbqhe,bkhe->cbhqk", q5, kp) / scale
             pattern = torch.cat([pre, scores], dim=-1).softmax(-1)
             z = torch.einsum("cbhqk,bkhe->cbqhe", pattern[..., : self.start], vp)

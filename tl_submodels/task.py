@@ -448,7 +448,16 @@ class Task:
             >>> task.accuracy(model(task.clean))  # doctest: +SKIP
             1.0
         """
-        final = self.final_logits(logits)
+        return self.read_accuracy(self.final_logits(logits))
+
+    def read_accuracy(self, final_logits: Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"]) -> float:
+        """:meth:`accuracy` from the logits at the read positions (:meth:`final_logits`).
+
+        Example:
+            >>> task.read_accuracy(task.final_logits(model(task.clean)))  # doctest: +SKIP
+            1.0
+        """
+        final = final_logits
         hit = final.argmax(-1) == self.answer.to(final.device)
         if not self.multi_position:
             return float(hit.float().mean())
