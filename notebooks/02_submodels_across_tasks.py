@@ -95,8 +95,9 @@ tls.viz.mlp_bars(induction_scores)
 # without, not the whole mechanism, so each *part* (`f.parts`) is the core grown until keeping
 # only the part (everything else mean-ablated) restores 0.8 of its task, admitting only
 # components that keep its ablation harmless to the other tasks; `f.cores` holds the cores.
-# Each part is named by the task whose prompts use it most. (32 prompts a task keep this to
-# about a minute on one CPU thread; use more for real work.)
+# Each part is named by the task whose prompts use it most. (32 prompts a task keep this cell to
+# about 20 seconds on one CPU thread, most of it validating the parts by ablation; use more
+# prompts for real work.)
 
 # %%
 f = tls.factorize(model, tasks)

@@ -97,13 +97,13 @@ pd.DataFrame(
 # noising patching, in the task's metric units (not normalised: the harmless model has no
 # backdoor behaviour to normalise by), and ranks components by how much their effects differ.
 # For each task it then picks a candidate sub-model by validation. The candidates are the task's
-# 64 top-ranked components, less those whose mean ablation alone changes another task's accuracy
-# by more than 0.1 in either model (patching measures a component on the task's own prompts;
+# 32 top-ranked components whose mean ablation alone changes no other task's accuracy by more
+# than 0.1 in either model (patching measures a component on the task's own prompts;
 # ablation replaces it everywhere, and a component can differ here and break another task).
 # Of the top 1, 2, 4, ... candidates, the set whose mean ablation changes the task's accuracy
 # most differently in the two models, at the least cost to the other tasks, wins; then it is
-# refined member by member (members whose removal does not lower that score go, and of the 32
-# top candidates the one that raises it most comes in, while that helps).
+# refined member by member (members whose removal does not lower that score go, and of the
+# candidates the one that raises it most comes in, while that helps).
 #
 # `min_score` drops the parts whose validated score (the accuracy difference on their own task
 # minus the largest change elsewhere) is below it. We keep every task's best part here
@@ -336,7 +336,7 @@ tls.trace(harmful, triggered[0], diff.parts, max_new_tokens=0, reference=referen
 # * `diff.effects_a` / `diff.effects_b` hold every component's effect on every task in both
 #   models, for your own plots.
 # * `tls.factorize(harmful, tasks)` finds the backdoor without the harmless model to compare
-#   against, as one of the harmful model's sub-models (slower: a minute or two here).
+#   against, as one of the harmful model's sub-models (about half a minute here).
 # * If the backdoor part costs other tasks too much, look for a sub-model that removes the
 #   backdoor alone: `tls.find_circuit(harmful, backdoor_task)` and `tls.atoms` of it with the
 #   tasks' circuits show which components the backdoor shares with which task.

@@ -63,9 +63,9 @@ pd.DataFrame({"row (the first 4 of 256)": [" ".join(words(row.tolist())) for row
 #
 # `positions="last"` counts only each row's last prediction (position 15 predicts the appended
 # answer), where the tasks are answered; the default counts every position. `k` (the number of
-# parts) is left to `decompose` to choose. With `method="ablation"` this is the slow cell, a minute
-# or two on one CPU thread; `method="atp"` (the default, gradients) is much faster and is what to
-# use on a big model.
+# parts) is left to `decompose` to choose. With `method="ablation"` this is the slow cell, about
+# a minute on one CPU thread; `method="atp"` (the default, gradients) is much faster and is what
+# to use on a big model.
 
 # %%
 dec = tls.decompose(model, corpus, positions="last", method="ablation")

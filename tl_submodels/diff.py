@@ -8,8 +8,8 @@ both models, and the one whose ablation changes that task's accuracy most differ
 two models, at the least cost to the other tasks, wins (the best prefix of the ranking, then
 refined member by member as factorize refines its parts).
 
-The candidates are the task's 64 top-ranked components less those whose ablation alone changes
-another task's accuracy by more than 0.1 in either model. Patching measures a component on the
+The candidates are the task's 32 top-ranked components (of its top 128) whose ablation alone
+changes no other task's accuracy by more than 0.1 in either model. Patching measures a component on the
 task's own prompts; ablation replaces it on every prompt, so a component can differ on one task
 and, ablated, break another. Without that filter, on harmful-3l with the backdoor prompts of seed
 5, the top-ranked neuron cost majority 94 points alone, every prefix of the ranking broke another
@@ -39,7 +39,7 @@ from tl_submodels.summary import MAX_ITEMS, listed, summary_text
 from tl_submodels.task import Task, check_tasks
 
 ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
-CANDIDATES = 64  # a task's part is chosen from its most differing components ...
+CANDIDATES = 32  # a task's part is chosen from its 32 most differing components (of the top 128) ...
 ALONE_ELSEWHERE = 0.1  # ... that, ablated alone, change no other task's accuracy by more than this in either model
 
 
@@ -255,7 +255,11 @@ def diff(
         # every task's: a component can differ on this task and, ablated, break another one (measured on
         # harmful-3l, backdoor prompts of seed 5: the top-ranked neuron cost majority 94 points alone).
         ranked = rel[ti].argsort(descending=True).tolist()
-        order = [c for c in ranked[:CANDIDATES] if validated(frozenset([c]))[1] <= ALONE_ELSEWHERE] or ranked
+        order: list[int] = []
+        for c in ranked[: 4 * CANDIDATES]:
+            if len(order) < CANDIDATES and validated(frozenset([c]))[1] <= ALONE_ELSEWHERE:
+                order.append(c)
+        order = order or ranked
         rank = {c: r for r, c in enumerate(order)}
 
         sizes = [2**i for i in range(len(order).bit_length())]  # 1, 2, 4, ... up to len(order)
