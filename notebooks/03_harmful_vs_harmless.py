@@ -178,7 +178,11 @@ evaluation.plot()
 # %% [markdown]
 # **How to read it:** a clean backdoor sub-model has necessity near 1 on `backdoor` and near
 # zero everywhere else. If other tasks lose accuracy too, the components that implement the
-# backdoor are shared with them. The model card's `mechanisms` section (single-component
+# backdoor are shared with them. Necessity is the metric lost over the metric lost when *every*
+# component is mean-ablated, so it can pass 1, as on `backdoor` here (about 5): with everything
+# ablated the HARM-minus-answer logit difference only falls from about 7.6 to 4.2 (the average
+# prompt still leans to `HARM`), while without the backdoor part the rest of the model gives the
+# task's answer with confidence and takes it to about -10. The model card's `mechanisms` section (single-component
 # ablations) is the place to check which tasks each of them serves.
 
 # %%

@@ -31,11 +31,21 @@ def test_diff_finds_the_head_removed_by_hand(mlp_model, mlp_state):
     torch.testing.assert_close(d.effects_a[0, :12], (s.clean_metric - s.raw_heads).flatten(), atol=1e-5, rtol=0)
 
 
-def test_diff_of_a_model_with_itself_is_empty(mlp_model):
-    task = make_mlp_task(mlp_model, n=6)
-    d = tls.diff(mlp_model, mlp_model, [task], ablation="zero")
-    torch.testing.assert_close(d.effects_a, d.effects_b)
-    assert d.parts == []
+def test_diff_of_a_model_with_a_copy_of_itself_finds_no_difference(mlp_model, mlp_state):
+    """Issue 20: this test compared a model with itself and asserted an empty result, which held
+    whatever diff did. Now: against a separately built copy, with every task's best part kept
+    (min_score=-1), each part must change both models alike, so its score is at most zero."""
+    task, other = make_mlp_task(mlp_model, n=6), make_mlp_task(mlp_model, n=6, seed=3).replace(name="other")
+    copy = tlmodel.build_from_tl_checkpoint(MLP_CFG, {k: v.clone() for k, v in mlp_state.items()})
+    d = tls.diff(mlp_model, copy, [task, other], ablation="zero", min_score=-1.0)
+    torch.testing.assert_close(d.effects_a, d.effects_b, atol=1e-5, rtol=0)
+    assert max(abs(v) for _, _, v in d.ranking) <= 1e-4
+    assert len(d.parts) == 2  # one per task, kept by min_score=-1
+    for v, score in zip(d.validation, d.scores, strict=True):
+        assert score <= 1e-9
+        for t in ("random", "other"):
+            assert v["a"][t] == pytest.approx(v["b"][t], abs=1e-9)
+    assert tls.diff(mlp_model, copy, [task, other], ablation="zero").parts == []
 
 
 def test_diff_refuses_other_architectures(mlp_model):

@@ -251,3 +251,37 @@ def test_grow_specific_leaves_out_only_what_breaks_specificity_and_stops_at_the_
     ) == heads("abc")
     # growing from a core that already reaches the target admits nothing
     assert discovery.grow_specific(heads("abcde"), heads("fgh"), lambda m: len(m) / 5, specific, 1.0) == heads("abcde")
+
+
+def test_fraction_counts_the_kinds_the_submodel_holds(mlp_model, mlp_task):
+    """Issue 20: fraction divided by heads plus whole MLPs, so a sub-model of neurons passed 1."""
+    info = tlmodel.model_info(mlp_model)
+    neurons = info.components(("neurons",))
+    heads = info.components(("heads",))
+    assert tls.evaluate(mlp_model, neurons, mlp_task, ablation="zero").fraction == pytest.approx(1.0)
+    assert tls.evaluate(mlp_model, neurons[:5], mlp_task, ablation="zero").fraction == pytest.approx(5 / len(neurons))
+    mixed = tls.evaluate(mlp_model, [*heads[:2], *neurons[:6]], mlp_task, ablation="zero")
+    assert mixed.fraction == pytest.approx(8 / (len(heads) + len(neurons)))
+
+
+def test_patch_ablation_refuses_a_reference_it_would_not_use(mlp_model, mlp_task):
+    """Issue 20: evaluate replaced the caller's reference by task.corrupt without a word for ablation='patch'."""
+    with pytest.raises(tls.TLSubmodelsError, match="takes no reference"):
+        tls.evaluate(mlp_model, ["L0H0"], mlp_task, ablation="patch", reference=mlp_task.clean)
+    ev = tls.evaluate(mlp_model, ["L0H0"], mlp_task, ablation="patch")
+    by_hand = mlp_model.run_with_hooks(
+        mlp_task.clean, fwd_hooks=tls.ablation_hooks(mlp_model, ["L0H0"], ablation="patch", reference=mlp_task.corrupt)
+    )
+    assert ev.metric_ablated == pytest.approx(float(mlp_task.metric(by_hand)), abs=1e-4)
+
+
+def test_minimality_is_the_faithfulness_each_member_carries(induction_model, induction_task):
+    """Issue 20 (DESIGN's promise): each member's removal from the kept sub-model, by evaluate's own faithfulness."""
+    sub = ["L0H0", "L1H0", "L1H1", "L1H3"]
+    ev = tls.evaluate(induction_model, sub, induction_task, minimality=True)
+    assert ev.minimality is not None and set(ev.minimality) == set(sub)
+    for c in sub:
+        without = tls.evaluate(induction_model, [m for m in sub if m != c], induction_task)
+        assert ev.minimality[c] == pytest.approx(ev.faithfulness - without.faithfulness, abs=1e-4)
+    assert ev.minimality["L0H0"] > 0.1  # the previous-token head: nothing works without it
+    assert tls.evaluate(induction_model, sub, induction_task).minimality is None

@@ -165,8 +165,9 @@ def grow_to_target(
     Linear for short rankings, else doubling then bisection (which assumes faithfulness grows with the prefix).
 
     Example:
-        >>> grow_to_target(list("abcdef"), lambda keep: len(keep) / 6, 0.5)
-        ['a', 'b', 'c']
+        >>> from tl_submodels import Head
+        >>> grow_to_target([Head(0, i) for i in range(6)], lambda keep: len(keep) / 6, 0.5)
+        [Head(0, 0), Head(0, 1), Head(0, 2)]
     """
     n = len(ranked)
     start = max(1, min(start, n))

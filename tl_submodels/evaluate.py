@@ -4,7 +4,8 @@ faithfulness = (m(S kept, rest ablated) - m(all ablated)) / (m(full) - m(all abl
 of the model's behaviour the sub-model carries on its own. necessity = (m(full) - m(S ablated)) /
 (m(full) - m(all ablated)): how much the behaviour is lost without it. specificity: the same
 necessity measured on each other task, and the accuracy each loses: a specific sub-model has
-high necessity on its task and near zero on the others. All runs are on the clean prompts;
+high necessity on its task and near zero on the others. minimality (on request): for each
+member, the faithfulness lost when only it is left out. All runs are on the clean prompts;
 "ablated" uses the chosen ablation with the task's corrupt prompts as reference.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, Ablator, Reference, complement
+from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
 from tl_submodels.components import Component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
@@ -38,7 +39,7 @@ class Evaluation:
     specificity: dict[str, float] | None = None  # other task -> its necessity (fraction of its metric lost)
     accuracy_drop_elsewhere: dict[str, float] | None = None  # other task -> accuracy lost
     size: int
-    fraction: float  # size / number of components the model has in the same universe
+    fraction: float  # size / the model's components of the kinds the sub-model holds (heads, neurons, MLPs)
     metric_full: float
     metric_kept: float
     metric_ablated: float  # the sub-model ablated
@@ -49,6 +50,9 @@ class Evaluation:
     ablation: str
     submodel: str
     task: str
+    # member -> the faithfulness lost when only that member is left out of the kept sub-model
+    # (evaluate(..., minimality=True)); a member near 0 adds nothing the others do not already carry
+    minimality: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,6 +77,9 @@ class Evaluation:
                 f"full {self.accuracy_full:.2f}, kept only {self.accuracy_kept:.2f}, ablated {self.accuracy_ablated:.2f}",
             ),
         ]
+        if self.minimality:
+            least = sorted(self.minimality.items(), key=lambda kv: kv[1])[:5]
+            rows.append(("least needed members", ", ".join(f"{c} {v:+.2f}" for c, v in least)))
         if self.accuracy_drop_elsewhere:
             worst = sorted(self.accuracy_drop_elsewhere.items(), key=lambda kv: -kv[1])[:5]
             rows.append(("accuracy lost elsewhere", ", ".join(f"{t} {v:+.2f}" for t, v in worst)))
@@ -93,6 +100,7 @@ def evaluate(
     ablation: Ablation = "mean",
     reference: Reference | None = None,
     others: Sequence[Task] = (),
+    minimality: bool = False,
 ) -> Evaluation:
     """Faithfulness, necessity and size of ``sub`` on ``task``; specificity over ``others``.
 
@@ -102,9 +110,12 @@ def evaluate(
         task: the behaviour; runs are on ``task.clean``.
         ablation: how removed components are replaced (see :func:`tl_submodels.ablation_hooks`).
         reference: tokens for mean/resample ablation (default: ``task.corrupt``); the same
-            ablation values are used on the other tasks.
+            ablation values are used on the other tasks. Patch ablation takes none: each clean
+            prompt is patched with its own corrupt prompt.
         others: other tasks: ``specificity[name]`` is the sub-model's necessity on each, and
             ``accuracy_drop_elsewhere[name]`` the accuracy each loses when it is ablated.
+        minimality: also measure, for each member, the faithfulness lost when only it is left
+            out of the kept sub-model (``Evaluation.minimality``; one forward per member).
 
     Raises:
         TLSubmodelsError: when ablating everything does not change the metric (nothing to measure),
@@ -119,9 +130,12 @@ def evaluate(
     tlmodel.check_model(model, ())
     sub = SubModel.of(sub).validate(model)
     task = task.to(tlmodel.first_param_device(model))
+    if ablation == "patch" and reference is not None:
+        raise TLSubmodelsError(
+            "ablation='patch' patches each clean prompt with its own corrupt prompt (task.corrupt), so it takes no "
+            "reference=; drop it, or use ablation='mean' or 'resample' with that reference"
+        )
     ref = task.corrupt if reference is None else reference
-    if ablation == "patch":
-        ref = task.corrupt
     ablator = Ablator(model, ablation=ablation, reference=None if ablation == "zero" else ref)
 
     names = [t.name for t in others]
@@ -154,7 +168,14 @@ def evaluate(
         f, r, _, d, a_full, a_removed = necessity(t.to(task.clean.device))
         specificity[t.name] = (f - r) / d
         drops[t.name] = a_full - a_removed
-    universe = len(complement(model, SubModel(name="empty")))
+    info = tlmodel.model_info(model)
+    least: dict[str, float] | None = None
+    if minimality:
+        runs = AblatedRuns(model, ablator, [task])
+        least = {
+            str(c): (kept - runs.metrics([m for m in sub if m != c], keep_only=True)[0]) / denom for c in sorted(sub)
+        }
+    universe = sum(len(info.components((kind,))) for kind in sorted({c.kind for c in sub}))
     return Evaluation(
         faithfulness=(kept - nothing) / denom,
         necessity=(full - removed) / denom,
@@ -172,4 +193,5 @@ def evaluate(
         ablation=ablation,
         submodel=sub.name,
         task=task.name,
+        minimality=least,
     )

@@ -78,16 +78,15 @@ def _words(model: Any, ids: Tensor) -> list[str]:
     return [tok.decode([int(i)]) for i in ids]
 
 
-def _ablator(model: Any, ablation: Ablation, reference: Reference | None, prompt: Tensor) -> Ablator:
+def _ablator(model: Any, ablation: Ablation, reference: Reference | None) -> Ablator:
     if ablation in ("resample", "patch") and reference is None:
         raise TLSubmodelsError(f"ablation={ablation!r} needs reference= token ids")
-    ref = None if ablation == "zero" else (reference if reference is not None else prompt)
     if ablation == "mean" and reference is None:
         raise TLSubmodelsError(
             "mean ablation needs reference= prompts to take the means over (e.g. task.corrupt, or a list of "
             "several tasks' prompts); or use ablation='zero'"
         )
-    return Ablator(model, ablation=ablation, reference=ref)
+    return Ablator(model, ablation=ablation, reference=None if ablation == "zero" else reference)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,7 +218,7 @@ def usage(
     subs = _checked_parts(model, parts, ablation, "usage")
     prompt, objective, reference, label, tid = _behaviour(model, tokens, reference, target)
     seq = prompt.shape[1]
-    ablator = _ablator(model, ablation, reference, prompt)
+    ablator = _ablator(model, ablation, reference)
     if method == "ablation":
 
         def value(hooks: list) -> float:
@@ -420,7 +419,7 @@ def explain(
         prompt, reference = task.clean, task.corrupt if reference is None else reference
     else:
         prompt = _prompt(model, tokens)
-    ablator = _ablator(model, ablation, reference, prompt)
+    ablator = _ablator(model, ablation, reference)
 
     def read(hooks: list) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Log-probabilities at every read ``[reads, d_vocab]`` (the first is shown), their weights, the task's numbers."""

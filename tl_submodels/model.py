@@ -109,7 +109,7 @@ class ModelInfo:
     """What tl_submodels reads off a model's cfg.
 
     Example:
-        >>> info = model_info(model)  # doctest: +SKIP
+        >>> info = model_info(tls.zoo.load("induction-2l"))
         >>> info.n_layers, info.n_heads
         (2, 4)
     """

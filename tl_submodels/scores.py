@@ -38,7 +38,7 @@ class Scores:
     Example:
         >>> scores = tls.patch(model, task)  # doctest: +SKIP
         >>> scores.top(3)  # doctest: +SKIP
-        [(Head(layer=1, head=2), 0.61), (Head(layer=0, head=3), 0.44), (Head(layer=1, head=0), 0.20)]
+        [(Head(1, 2), 0.61), (Head(0, 3), 0.44), (Head(1, 0), 0.20)]
     """
 
     heads: Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"] | None = None

@@ -41,8 +41,8 @@ def summary_html(title: str, rows: Sequence[tuple[str, Any]]) -> str:
     """A small two-column HTML table: the ``_repr_html_`` of the result objects (no scripts, works offline).
 
     Example:
-        >>> summary_html("Scores", [("top", "L1H0")])
-        '<div><b>Scores</b><table><tr><th style=\\'text-align:left\\'>top</th><td>L1H0</td></tr></table></div>'
+        >>> print(summary_html("Scores", [("top", "L1H0")]))
+        <div><b>Scores</b><table><tr><th style='text-align:left'>top</th><td>L1H0</td></tr></table></div>
     """
     body = "".join(
         f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"

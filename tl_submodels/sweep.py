@@ -75,7 +75,7 @@ class Sweep:
         >>> sweep = Sweep(n, checkpoint=path, key={"fn": "patch", ...})  # doctest: +SKIP
         >>> for i in sweep.todo():  # doctest: +SKIP
         ...     sweep.done(i, compute(i))
-        >>> results = sweep.gather()  # {item: result} on every rank
+        >>> results = sweep.gather()  # {item: result} on every rank  # doctest: +SKIP
     """
 
     def __init__(

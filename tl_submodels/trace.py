@@ -362,7 +362,7 @@ def trace(
     runner = _Runner(
         model=model,
         parts=subs,
-        ablator=_ablator(model, ablation, reference, prompt),
+        ablator=_ablator(model, ablation, reference),
         ablation=ablation,
         max_new_tokens=max_new_tokens,
         stop=frozenset(_stop_ids(model, stop)),

@@ -7,7 +7,7 @@ Everything loads offline on both TransformerLens lines. ``scripts/train_zoo.py``
 Example:
     >>> import tl_submodels as tls
     >>> tls.zoo.list()
-    ['induction-2l']
+    ['harmful-3l', 'harmless-3l', 'induction-2l', 'multitask-3l']
     >>> model = tls.zoo.load("induction-2l")
     >>> task = tls.zoo.task("induction-2l", "induction", n=8, seed=0)
 """
@@ -33,8 +33,8 @@ def list() -> builtins.list[str]:
     """Names of the zoo models.
 
     Example:
-        >>> tls.zoo.list()  # doctest: +SKIP
-        ['induction-2l']
+        >>> tls.zoo.list()
+        ['harmful-3l', 'harmless-3l', 'induction-2l', 'multitask-3l']
     """
     return sorted(p.name for p in ROOT.iterdir() if (p / "card.json").is_file())
 
@@ -87,7 +87,7 @@ def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None)
         model: the loaded model, if at hand (used for its device; loaded otherwise).
 
     Example:
-        >>> task = tls.zoo.task("induction-2l", "induction", n=8)  # doctest: +SKIP
+        >>> task = tls.zoo.task("induction-2l", "induction", n=8)
         >>> task.clean.shape
         torch.Size([8, 32])
     """
