@@ -36,7 +36,6 @@ import torch
 import tl_submodels as tls
 
 pd.set_option("display.max_colwidth", None)
-tls.TL_LINE  # which TransformerLens line is installed: 2 (HookedTransformer) or 4 (TransformerBridge)
 
 # %% [markdown]
 # ## The model and the task
@@ -48,6 +47,9 @@ tls.TL_LINE  # which TransformerLens line is installed: 2 (HookedTransformer) or
 
 # %%
 model = tls.zoo.load("induction-2l")
+tls.adapter(model)  # what kind of TransformerLens model this is, and which exact path it takes
+
+# %%
 card = tls.zoo.info("induction-2l")
 {k: card["ground_truth"][k] for k in ("previous_token_heads", "induction_heads")}
 

@@ -469,7 +469,7 @@ def main(only: str | None = None) -> int:
         "threads": torch.get_num_threads(),
         "transformer_lens": importlib.metadata.version("transformer-lens"),
         "torch": torch.__version__,
-        "model": "TransformerBridge" if tls.TL_LINE == 4 else "HookedTransformer",
+        "model": "TransformerBridge" if tls.model.INSTALLED_LINE == 4 else "HookedTransformer",
     }
 
     def emit(name: str, **fields: Any) -> None:

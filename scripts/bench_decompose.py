@@ -112,7 +112,7 @@ def main() -> None:
                 {
                     "bench": "decompose_scoring_atp",
                     "model": "random GPT-2-small shape, 1000-token vocabulary",
-                    "tl_line": tlmodel.TL_LINE,
+                    "tl_line": tlmodel.adapter(model).line,
                     "threads": torch.get_num_threads(),
                     "sequences": BATCH,
                     "tokens_read": SEQ - 1,

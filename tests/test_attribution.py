@@ -33,7 +33,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-@pytest.mark.skipif(tls.TL_LINE != 4, reason="transformer_lens.tools.analysis.attribution_patching is TL 4 only")
+@pytest.mark.skipif(
+    tlmodel.INSTALLED_LINE != 4, reason="transformer_lens.tools.analysis.attribution_patching is TL 4 only"
+)
 def test_atp_equals_transformer_lens_attribution_patch(mlp_model, mlp_task):
     from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
@@ -252,8 +254,8 @@ def test_per_example_and_memory_budget(mlp_model, mlp_task):
     # a budget that fits about two examples at once: the examples go in chunks (and "ig" one step per forward)
     info, seq = tlmodel.model_info(mlp_model), mlp_task.seq_len
     site = [info.site_mb(k, seq) for k in kinds]
-    two = 2.5 * (2 * info.n_layers * sum(site) + attribution._grad_row_mb(info, seq) + 2 * max(site))
-    plan = {m: attribution._plan(info, kinds, mlp_task, m, 4, None, two) for m in ("atp", "ig")}
+    two = 2.5 * (2 * info.n_layers * sum(site) + attribution._grad_row_mb(tls.adapter(mlp_model), seq) + 2 * max(site))
+    plan = {m: attribution._plan(tls.adapter(mlp_model), kinds, mlp_task, m, 4, None, two) for m in ("atp", "ig")}
     assert plan["atp"][0] == 2 and plan["ig"][:2] == (2, 1), plan
     chunked = {m: tls.attribute(mlp_model, mlp_task, method=m, kinds=kinds, steps=4, max_memory_mb=two) for m in plan}
     for kind in kinds:
@@ -274,7 +276,7 @@ def test_edges_out_of_a_writer_add_up_to_its_node_score(which, request):
     before, hooks = flags(model), hook_count(model)
     edges = tls.attribute_edges(model, task)
     assert flags(model) == before and hook_count(model) == hooks
-    expected = "qkv" if tls.TL_LINE == 2 else "layer"  # TL 4 native bridges cannot split q/k/v inputs
+    expected = "qkv" if tlmodel.INSTALLED_LINE == 2 else "layer"  # TL 4 native bridges cannot split q/k/v inputs
     assert edges.granularity == expected
     nodes = tls.attribute(model, task, method="atp")
     gap = nodes.clean_metric - nodes.corrupt_metric
@@ -292,7 +294,9 @@ def test_edges_out_of_a_writer_add_up_to_its_node_score(which, request):
     assert len(listed) == reachable and not any(math.isnan(v) for _, _, v in listed)
 
 
-@pytest.mark.skipif(tls.TL_LINE != 4, reason="TL 4's attribution_patch and the HF-backed bridge are TL 4 only")
+@pytest.mark.skipif(
+    tlmodel.INSTALLED_LINE != 4, reason="TL 4's attribution_patch and the HF-backed bridge are TL 4 only"
+)
 def test_edges_equal_transformer_lens_on_a_gpt2_bridge():
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch

@@ -113,7 +113,7 @@ def test_attribution_plus_exact_is_as_faithful_as_exact_on_multitask(task_name, 
 
 class _CountedBlocks:
     """Wraps the blocks' class ``forward`` to count the runs of the first and the last block; ``remove()``
-    puts it back. Not with hooks: any hook on the model turns the shortcuts off (tl_submodels.model.has_hooks)."""
+    puts it back. Not with hooks: any hook on the model turns the shortcuts off (tl_submodels.model.Adapter.has_hooks)."""
 
     def __init__(self, model, counts):
         first, last = model.blocks[0], model.blocks[-1]

@@ -146,7 +146,7 @@ def test_hf_folder_loads_with_the_hf_models_logits(family, hf_folder, no_network
 @pytest.mark.parametrize("family", list(TL4_ONLY))
 def test_family_only_tl4_loads(family, hf_folder, no_network):
     folder, hf_model = hf_folder(family)
-    if tlmodel.TL_LINE == 2:
+    if tlmodel.INSTALLED_LINE == 2:
         with pytest.raises(tls.TLSubmodelsError, match=rf"transformer-lens 2\.\S+ cannot load the {TL4_ONLY[family]}"):
             tls.load_model(str(folder))
         return
@@ -262,7 +262,9 @@ def test_unknown_architecture_is_refused_naming_it(tmp_path, no_hub, no_network)
         tls.load_model(str(tmp_path))
 
 
-@pytest.mark.skipif(tlmodel.TL_LINE == 4, reason="TL 4 runs the HF model itself; only TL 2 converts it, and can miss")
+@pytest.mark.skipif(
+    tlmodel.INSTALLED_LINE == 4, reason="TL 4 runs the HF model itself; only TL 2 converts it, and can miss"
+)
 def test_tl2_refuses_a_conversion_that_changes_the_logits(tmp_path, no_network):
     hf_model = tiny_hf_model("llama")
     hf_model.config.attention_bias = True  # a Llama option TL 2's conversion ignores

@@ -10,7 +10,6 @@ from conftest import assert_same_weights, hook_count, make_mlp_task, weights_sna
 from transformer_lens import patching
 
 import tl_submodels as tls
-from tl_submodels import fastpath
 from tl_submodels import model as tlmodel
 from tl_submodels import patching as tlpatching
 
@@ -182,13 +181,13 @@ def test_per_example_effects(mlp_model, mlp_task):
 
 
 def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_task, monkeypatch):
-    real = fastpath.standard_weights
+    real = tlmodel.Adapter.standard_weights
 
-    def wrong(model):
-        w = real(model)
+    def wrong(self):
+        w = real(self)
         return dataclasses.replace(w, W_U=w.W_U * 1.01)  # a forward that is not the model's
 
-    monkeypatch.setattr(fastpath, "standard_weights", wrong)
+    monkeypatch.setattr(tlmodel.Adapter, "standard_weights", wrong)
     with pytest.warns(UserWarning, match="patching through hooks instead"):
         s = tls.patch(mlp_model, mlp_task, kinds="heads")
     ref = tl_reference(mlp_model, mlp_task, patching.get_act_patch_attn_head_out_all_pos)
@@ -203,7 +202,7 @@ def test_a_small_memory_budget_scores_the_examples_in_chunks(mlp_model, mlp_task
     per_example = tlpatching._example_mb(info, kinds, mlp_task.seq_len)
     budget = 2.5 * per_example / tlpatching.BUDGET_FOR_CACHES
     if fast:  # the fast path's weight copies count too: room for them (they need at most half the budget)
-        budget = max(budget + tlpatching._blocks_mb(mlp_model), 2.01 * tlpatching._blocks_mb(mlp_model))
+        budget = max(budget + tls.adapter(mlp_model).blocks_mb(), 2.01 * tls.adapter(mlp_model).blocks_mb())
     calls = []
     real = tlpatching._patch_examples
     with pytest.MonkeyPatch.context() as mp:

@@ -23,7 +23,7 @@ from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.explain import Explanation, Usage, explain, usage
 from tl_submodels.factorize import Factorization, atoms, factorize
 from tl_submodels.loading import from_pretrained, load_checkpoint, load_model
-from tl_submodels.model import TL_LINE, ModelInfo, check_model
+from tl_submodels.model import Adapter, ModelInfo, adapter, check_model
 from tl_submodels.patching import patch
 from tl_submodels.report import Report, report
 from tl_submodels.scores import Scores
@@ -35,8 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
-    "TL_LINE",
     "Ablator",
+    "Adapter",
     "Component",
     "Decomposition",
     "Edges",
@@ -58,6 +58,7 @@ __all__ = [
     "__version__",
     "ablated",
     "ablation_hooks",
+    "adapter",
     "atoms",
     "attribute",
     "attribute_edges",

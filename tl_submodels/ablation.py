@@ -245,7 +245,7 @@ class AblatedRuns:
     Searches that validate sets by ablation (``factorize``, ``diff``) run the same prompts again
     and again. This runs them once unablated and keeps each layer's residual stream; an ablated
     run then starts at the first layer the set touches. Where the model is a plain pre-norm
-    transformer (:func:`tl_submodels.fastpath.standard_weights`) and the ablation is zero or
+    transformer (:meth:`tl_submodels.model.Adapter.standard_weights`) and the ablation is zero or
     all-position mean, it runs over the weights instead of through hooks, with the last layer
     only at the positions the tasks read; the first ablated run is checked against the hooked
     one (and the unablated against the model's own logits), and any difference above 1e-4
@@ -258,18 +258,12 @@ class AblatedRuns:
     """
 
     def __init__(self, model: Any, ablator: Ablator, tasks: list[Any], *, max_rows: int = 512) -> None:
-        from tl_submodels import fastpath  # the weight-level forward
-
         self.model, self.ablator, self.tasks, self.info = model, ablator, list(tasks), ablator.info
         self.max_rows = max_rows
         device = tlmodel.first_param_device(model)
-        fast = (
-            ablator.ablation in ("zero", "mean")
-            and not ablator.per_position
-            and tlmodel.is_attention_causal(model)
-            and not tlmodel.has_hooks(model)
-        )
-        self.weights = fastpath.standard_weights(model) if fast else None
+        self.adapter = ad = tlmodel.adapter(model)
+        fast = ablator.ablation in ("zero", "mean") and not ablator.per_position and ad.causal and not ad.has_hooks()
+        self.weights = ad.standard_weights() if fast else None
         self._checked = self.weights is None
         n_layers = self.info.n_layers
         tokens = sum(t.batch * t.seq_len for t in self.tasks)
@@ -313,7 +307,7 @@ class AblatedRuns:
                     if not _close(finals, self._hooked(v, targets, start)):
                         warnings.warn(
                             "tl_submodels: the weight-level ablated forward differs from the hooked one on "
-                            f"{type(self.model).__name__}; running ablations through hooks instead (slower, exact).",
+                            f"{self.adapter.source}; running ablations through hooks instead (slower, exact).",
                             stacklevel=2,
                         )
                         self.weights, ablate, finals = None, None, None
@@ -388,7 +382,7 @@ class AblatedRuns:
         }
 
     def _hooked(self, v: _View, targets: list[Component], start: int) -> Tensor:
-        logits = tlmodel.forward_from(self.model, start, v.tokens, v.resid(start), self.ablator.hooks(targets))
+        logits = self.adapter.forward_from(start, v.tokens, v.resid(start), self.ablator.hooks(targets))
         return torch.cat([t.final_logits(lg) for t, lg in zip(v.tasks, logits.split(v.sizes), strict=True)])
 
 

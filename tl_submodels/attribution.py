@@ -113,7 +113,9 @@ def attribute(
     # Examples in chunks (and for "ig" interpolation steps per forward) that fit the budget; inside a
     # process group the chunks are shared out over the ranks (by default one chunk each).
     world = distributed()[1]
-    examples, steps_per_forward, grads_mb = _plan(info, kinds, task, method, steps, batch_size, max_memory_mb)
+    examples, steps_per_forward, grads_mb = _plan(
+        tlmodel.adapter(model), kinds, task, method, steps, batch_size, max_memory_mb
+    )
     if batch_size is None:
         examples = min(examples, -(-task.batch // world))
     chunks = [torch.arange(lo, min(lo + examples, task.batch)) for lo in range(0, task.batch, examples)]
@@ -221,16 +223,15 @@ def attribute(
     )  # fmt: skip
 
 
-def _grad_row_mb(info: tlmodel.ModelInfo, seq: int) -> float:
+def _grad_row_mb(ad: tlmodel.Adapter, seq: int) -> float:
     """Memory one row of a forward and backward holds: every layer's saved activations and the logits, in MB."""
-    # TL 2's HookedTransformer (hand-written LayerNorm, GELU and attention masking) keeps about twice as much
-    # for the backward pass as TL 4's bridge (measured by scripts/bench_memory.py).
-    per_layer = info.layer_row_mb(seq) * (2 if tlmodel.TL_LINE == 2 else 1)
+    info = ad.info
+    per_layer = info.layer_row_mb(seq) * ad.backward_factor
     return info.n_layers * per_layer + 4 * seq * 2 * info.d_vocab / 2**20
 
 
 def _plan(
-    info: tlmodel.ModelInfo,
+    ad: tlmodel.Adapter,
     kinds: tuple[Kind, ...],
     task: Task,
     method: Method,
@@ -243,14 +244,14 @@ def _plan(
     Given ``batch_size`` (rows per forward), the caller chose the chunks and ``max_memory_mb`` bounds the
     gradients only. Otherwise a chunk's cached runs, its forward and backward and its gradients fit the budget.
     """
-    seq, batch = task.seq_len, task.batch
+    seq, batch, info = task.seq_len, task.batch, ad.info
     if batch_size is not None:
         if method == "atp":
             return batch_size, 1, max_memory_mb
         return batch, max(1, min(steps, batch_size // batch)), max_memory_mb
     site = {k: info.n_layers * info.site_mb(k, seq) for k in kinds}
     cached = 2 * sum(site.values())  # an example's base and source activations at every site
-    row = _grad_row_mb(info, seq)
+    row = _grad_row_mb(ad, seq)
     if method == "atp":
         # per example: its cached runs, its forward and backward, and (at least) the largest site's gradient
         # and delta x gradient

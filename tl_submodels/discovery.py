@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -281,7 +280,7 @@ class _KeepOnlyRuns:
         usable = (
             n > 1
             and mb <= RESID_CACHE_MB
-            and not tlmodel.has_hooks(model)
+            and not tlmodel.adapter(model).has_hooks()
             and all(name in model.hook_dict for name in names)
         )
         if not usable:
@@ -321,9 +320,8 @@ class _KeepOnlyRuns:
     def _stopped(self, hooks: list, top: int) -> Tensor:
         """Logits of a run that stops after layer ``top``, the ablated layers above it added from the cache."""
         assert self.pre is not None
-        with torch.no_grad():
-            resid = self.model.run_with_hooks(self.task.clean, fwd_hooks=hooks, stop_at_layer=top + 1)
-            if top not in self._to_top:
-                self._to_top[top] = self.final - self.pre[top + 1].to(self.final.device)
-            resid = resid.to(self.final.device) + self._to_top[top]
-            return self.model.unembed(self.model.ln_final(resid))
+        ad = tlmodel.adapter(self.model)
+        resid = ad.resid_after(self.task.clean, top, hooks)
+        if top not in self._to_top:
+            self._to_top[top] = self.final - self.pre[top + 1].to(self.final.device)
+        return ad.unembed(resid.to(self.final.device) + self._to_top[top])

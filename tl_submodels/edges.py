@@ -120,7 +120,8 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     gap = metric_gap(task, clean_value, corrupt_value)
 
     # Writers: what each component adds to the residual stream, source minus base: [writer, b, s, d].
-    W_O = model.W_O.detach()
+    ad = tlmodel.adapter(model)
+    W_O = ad.W_O()
     writers: list[str] = []
     deltas: list[Tensor] = []
     writer_layer: list[float] = []  # heads write at layer l, MLPs after the attention of l (l + 0.5)
@@ -137,7 +138,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     delta = torch.cat(deltas)
 
     # Readers: the gradient of the metric at what each component reads.
-    with tlmodel.reader_hooks(model) as granularity:
+    with ad.reader_hooks() as granularity:
         names: list[str] = []
         readers: list[str] = []
         reader_layer: list[float] = []

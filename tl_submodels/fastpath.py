@@ -13,15 +13,15 @@ in one call.
 patching.py checks the logits of this path against the model's own forward on every call and
 falls back to hooks when they differ.
 
-The weights it runs on are read here too (:func:`standard_weights`), the same way on both TL
-lines, which expose the same ``W_Q`` ... ``W_U`` and ``ln1`` ... ``ln_final`` on the model.
+The weights it runs on, and whether a model is one it can run, come from the model's adapter
+(:meth:`tl_submodels.model.Adapter.standard_weights`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import einops
 import torch
@@ -29,36 +29,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_submodels.model.adapter import StandardWeights
+
 # Where in a layer a residual stream is taken: its entry, after attention, after the MLP.
 Stage = Literal["pre", "attn", "mlp"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class StandardWeights:
-    """Weights of a standard (GPT-2 style) transformer in TL layout, read from either line."""
-
-    normalization: str | None  # "LN", "LNPre", "RMS", "RMSPre" or None
-    eps: float
-    act_fn: str | None
-    attn_scale: float
-    scale_by_layer: bool
-    ln1: list[tuple[Tensor | None, Tensor | None]]
-    ln2: list[tuple[Tensor | None, Tensor | None]]
-    W_Q: Tensor  # [layer, head, d_model, d_head]
-    b_Q: Tensor
-    W_K: Tensor
-    b_K: Tensor
-    W_V: Tensor
-    b_V: Tensor
-    W_O: Tensor  # [layer, head, d_head, d_model]
-    b_O: Tensor  # [layer, d_model]
-    W_in: Tensor | None
-    b_in: Tensor | None
-    W_out: Tensor | None
-    b_out: Tensor | None
-    ln_final: tuple[Tensor | None, Tensor | None]
-    W_U: Tensor
-    b_U: Tensor
 
 
 @dataclass(frozen=True)
@@ -76,92 +50,6 @@ class LayerAblation:
     neurons: Tensor | None = None
     neuron_values: Tensor | None = None
     mlp_value: Tensor | None = None
-
-
-_SUPPORTED_ACT = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
-
-
-def standard_weights(model: Any) -> StandardWeights | None:
-    """TL-layout weights where the model is a plain pre-norm transformer on one device, else None.
-
-    Architectures outside that family (rotary, gated or parallel MLPs, local attention, soft caps,
-    models split across devices) return None and are patched through hooks instead. The fast path
-    checks its own logits against the model's on every call, so a None here is a speed matter
-    only, never a correctness one.
-    """
-    cfg = model.cfg
-    unsupported = (
-        getattr(cfg, "positional_embedding_type", "standard") not in ("standard",)
-        or getattr(cfg, "gated_mlp", False)
-        or getattr(cfg, "parallel_attn_mlp", False)
-        or getattr(cfg, "use_local_attn", False)
-        or getattr(cfg, "use_qk_norm", False)
-        or getattr(cfg, "use_normalization_before_and_after", False)
-        or getattr(cfg, "attention_dir", "causal") != "causal"
-        or (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0
-        or (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) > 0
-        or getattr(cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre", None)
-        or getattr(cfg, "num_experts", None)
-        or (not getattr(cfg, "attn_only", False) and getattr(cfg, "act_fn", None) not in _SUPPORTED_ACT)
-        or len({p.device for p in model.parameters()}) > 1
-    )
-    if unsupported:
-        return None
-    try:
-        return _read_weights(model)
-    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):
-        return None
-
-
-def _norm_params(module: Any) -> tuple[Tensor | None, Tensor | None]:
-    w = getattr(module, "w", None)
-    if w is None:
-        w = getattr(module, "weight", None)
-    b = getattr(module, "b", None)
-    if b is None:
-        b = getattr(module, "bias", None)
-    return (None if w is None else w.detach(), None if b is None else b.detach())
-
-
-def _read_weights(model: Any) -> StandardWeights:
-    cfg = model.cfg
-    attn_only = bool(getattr(cfg, "attn_only", False))
-    d_head = int(cfg.d_head)
-    scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0)
-    if not getattr(cfg, "use_attn_scale", True):
-        scale = 1.0
-    elif scale <= 0:
-        scale = d_head**0.5
-    norm = getattr(cfg, "normalization_type", None)
-    blocks = list(model.blocks)
-
-    def stack(name: str) -> Tensor:
-        return getattr(model, name).detach()
-
-    return StandardWeights(
-        normalization=norm,
-        eps=float(getattr(cfg, "eps", 1e-5)),
-        act_fn=getattr(cfg, "act_fn", None),
-        attn_scale=scale,
-        scale_by_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),
-        ln1=[_norm_params(b.ln1) for b in blocks],
-        ln2=[(None, None) if attn_only else _norm_params(b.ln2) for b in blocks],
-        W_Q=stack("W_Q"),
-        b_Q=stack("b_Q"),
-        W_K=stack("W_K"),
-        b_K=stack("b_K"),
-        W_V=stack("W_V"),
-        b_V=stack("b_V"),
-        W_O=stack("W_O"),
-        b_O=stack("b_O"),
-        W_in=None if attn_only else stack("W_in"),
-        b_in=None if attn_only else stack("b_in"),
-        W_out=None if attn_only else stack("W_out"),
-        b_out=None if attn_only else stack("b_out"),
-        ln_final=_norm_params(model.ln_final),
-        W_U=stack("W_U"),
-        b_U=stack("b_U"),
-    )
 
 
 def _norm(x: Tensor, params: tuple[Tensor | None, Tensor | None], kind: str | None, eps: float) -> Tensor:
@@ -210,7 +98,7 @@ class PrefixRunner:
         prune_last: compute the last layer's queries and MLP only at ``out_pos`` (off: benchmarks).
 
     Example:
-        >>> runner = PrefixRunner(standard_weights(model), ks, vs, start, task.out_pos)  # doctest: +SKIP
+        >>> runner = PrefixRunner(adapter(model).standard_weights(), ks, vs, start, task.out_pos)  # doctest: +SKIP
         >>> logits = runner.run(resid, layer=1, after="attn")  # doctest: +SKIP
         >>> logits.shape == (resid.shape[0], *task.out_pos.shape[1:], model.cfg.d_vocab)  # doctest: +SKIP
         True

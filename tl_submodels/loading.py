@@ -18,15 +18,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
 from safetensors.torch import load_file
 
-from tl_submodels import model as tlmodel
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
+from tl_submodels.model import build
 
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = tuple(
@@ -68,7 +66,7 @@ def load_checkpoint(folder: str | Path, *, device: str | None = None) -> Any:
         from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    return tlmodel.build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
+    return build.build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
 
 
 def folder_format(folder: str | Path) -> Literal["checkpoint", "huggingface"]:
@@ -96,7 +94,7 @@ def folder_format(folder: str | Path) -> Literal["checkpoint", "huggingface"]:
     if cfg is not None and ("model_type" in cfg or "architectures" in cfg):
         if not any((folder / f).is_file() for f in HF_WEIGHTS):
             raise TLSubmodelsError(
-                f"{folder} holds a HuggingFace config.json ({_family(cfg)}) but no weights: it needs one of "
+                f"{folder} holds a HuggingFace config.json ({build.hf_family(cfg)}) but no weights: it needs one of "
                 f"{list(HF_WEIGHTS)}, as save_pretrained writes them"
             )
         return "huggingface"
@@ -131,16 +129,7 @@ def from_pretrained(name: str, *, device: str | None = None) -> Any:
     folder = Path(name).expanduser()
     if name.strip() and folder.is_dir():
         return _load_folder(folder, device=device)
-    if tlmodel.TL_LINE == 4:
-        from transformer_lens.model_bridge import TransformerBridge
-
-        model = TransformerBridge.boot_transformers(name, device=device)
-    else:
-        from transformer_lens import HookedTransformer
-
-        model = HookedTransformer.from_pretrained(name, device=device)
-    model.eval()
-    return model
+    return build.from_hub(name, device=device)
 
 
 def load_model(spec: str, *, device: str | None = None) -> Any:
@@ -194,7 +183,7 @@ def load_model(spec: str, *, device: str | None = None) -> Any:
         raise TLSubmodelsError(
             f"unknown model {spec!r}: not a zoo model ({', '.join(names)}) nor a folder, so it was tried as a "
             f"HuggingFace model name, which needs the HuggingFace hub or its local cache, and that failed "
-            f"({type(e).__name__}: {_first_line(e)}).{near}"
+            f"({type(e).__name__}: {build.first_line(e)}).{near}"
         ) from None
 
 
@@ -232,32 +221,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def _family(hf_cfg: dict[str, Any]) -> str:
-    """The architecture a HuggingFace config names (``LlamaForCausalLM``), else its model_type."""
-    arch = hf_cfg.get("architectures") or [None]
-    return str(arch[0] or hf_cfg.get("model_type") or "unknown architecture")
-
-
-def _first_line(e: Exception) -> str:
-    """An exception's message, cut to one line for a one-line error."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def _tl() -> str:
-    return f"transformer-lens {version('transformer-lens')}"
-
-
 def _load_folder(folder: Path, *, device: str | None) -> Any:
     if folder_format(folder) == "checkpoint":
         return load_checkpoint(folder, device=device)
-    hf_cfg = _read_config(folder)
-    tokenizer = _local_tokenizer(folder)
-    if tlmodel.TL_LINE == 4:
-        model = _bridge_from_folder(folder, hf_cfg, tokenizer, device)
-    else:
-        model = _hooked_from_folder(folder, hf_cfg, tokenizer, device)
-    model.eval()
-    return model
+    return build.from_hf_folder(folder, _read_config(folder), _local_tokenizer(folder), device=device)
 
 
 def _local_tokenizer(folder: Path) -> Any:
@@ -285,149 +252,6 @@ def _local_tokenizer(folder: Path) -> Any:
         return PreTrainedTokenizerFast.from_pretrained(str(folder), add_bos_token=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise TLSubmodelsError(
-            f"{folder}: its tokenizer files could not be loaded ({type(e).__name__}: {_first_line(e)}); fix them, or remove "
+            f"{folder}: its tokenizer files could not be loaded ({type(e).__name__}: {build.first_line(e)}); fix them, or remove "
             "them to load the model without a tokenizer (tasks then come from token ids: Task.from_tokens)"
         ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# A HuggingFace folder on each line.
-
-_NO_PROCESSING = (
-    "fold_ln center_writing_weights center_unembed fold_value_biases refactor_factored_attn_matrices".split()
-)
-_LOAD_ERRORS = (OSError, ValueError, KeyError, AttributeError, NotImplementedError, RuntimeError, TypeError)
-
-
-def _refused(folder: Path, hf_cfg: dict[str, Any], e: Exception) -> TLSubmodelsError:
-    line = "transformer-lens 4 (TransformerBridge) loads more architectures" if tlmodel.TL_LINE == 2 else "see its docs"
-    return TLSubmodelsError(
-        f"{_tl()} cannot load the {_family(hf_cfg)} model in {folder} ({type(e).__name__}: {_first_line(e)}); {line}"
-    )
-
-
-def _bridge_from_folder(folder: Path, hf_cfg: dict[str, Any], tokenizer: Any, device: str | None) -> Any:
-    """TL 4: a TransformerBridge over the folder's HuggingFace model, read from the folder alone."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        # boot_transformers reads config and weights from a local folder; given a tokenizer, it asks for none
-        model = TransformerBridge.boot_transformers(
-            str(folder), device=device, tokenizer=tokenizer if tokenizer is not None else _placeholder_tokenizer()
-        )
-    except _LOAD_ERRORS as e:
-        raise _refused(folder, hf_cfg, e) from None
-    if tokenizer is None:
-        model.tokenizer = None  # the folder has none: prompts are refused clearly (model.tokenize)
-    return model
-
-
-def _placeholder_tokenizer() -> Any:
-    """A one-word tokenizer for boot_transformers, which would otherwise build one from the folder (and fail)."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
-    )
-
-
-def _hooked_from_folder(folder: Path, hf_cfg: dict[str, Any], tokenizer: Any, device: str | None) -> Any:
-    """TL 2: a HookedTransformer converted from the folder's HuggingFace model (unprocessed weights).
-
-    TL 2 picks a config by official model name; a local folder has none, so the config comes from
-    TL's own HF-config conversion (``convert_hf_model_config``, given a folder) and the weights from
-    ``get_pretrained_state_dict(..., hf_model=)``. The result is checked against the HF model's logits.
-    """
-    import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens import loading_from_pretrained as tl_loading
-    from transformers import AutoModelForCausalLM
-
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-        cfg_dict = _tl2_config(hf_cfg, hf_model.config)
-        cfg_dict |= {
-            "model_name": folder.name,
-            "init_weights": False,
-            "dtype": torch.float32,
-            "device": device,
-            "n_devices": 1,
-            "tokenizer_name": None,  # the tokenizer comes from the folder, or there is none: no hub
-            "from_checkpoint": False,
-            "d_vocab": hf_model.config.vocab_size,
-        }
-        cfg_dict.setdefault("default_prepend_bos", True)
-        cfg = HookedTransformerConfig.from_dict(cfg_dict)
-        state = tl_loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch.float32)
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-        model.load_and_process_state_dict(state, **dict.fromkeys(_NO_PROCESSING, False))  # HF's own numbers
-    except _LOAD_ERRORS as e:
-        raise _refused(folder, hf_cfg, e) from None
-    model.move_model_modules_to_device()
-    model.eval()
-    _check_same_logits(model, hf_model, folder, hf_cfg)
-    return model
-
-
-def _tl2_config(hf_cfg: dict[str, Any], hf_config: Any) -> dict[str, Any]:
-    """HookedTransformerConfig fields for a local HF config, by TL 2's own conversion where it has one."""
-    from transformer_lens import loading_from_pretrained as tl_loading
-
-    family = _family(hf_cfg)
-    if family == "Gemma2ForCausalLM":  # TL 2 knows Gemma 2 only by official name
-        return _gemma2_config(hf_config)
-    cfg = dict(hf_cfg)
-    if cfg.get("model_type") == "gpt2":
-        cfg.setdefault("n_ctx", cfg.get("n_positions", 1024))  # TL 2 reads n_ctx, which recent configs drop
-    # convert_hf_model_config takes a folder, but picks Llama/Gemma by the substring in its path: a clean one
-    with tempfile.TemporaryDirectory(prefix="tls-config-") as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(cfg))
-        cfg_dict: dict[str, Any] = tl_loading.convert_hf_model_config(tmp)
-    if family in ("GPT2LMHeadModel", "GPTJForCausalLM") and getattr(hf_config, "n_inner", None):
-        cfg_dict["d_mlp"] = hf_config.n_inner  # TL 2 assumes 4 * d_model
-    if family == "LlamaForCausalLM":
-        cfg_dict["rotary_base"] = getattr(hf_config, "rope_theta", 10000.0)  # TL 2 assumes 10000
-    return cfg_dict
-
-
-def _gemma2_config(c: Any) -> dict[str, Any]:
-    """TL 2's Gemma 2 config (as for google/gemma-2-2b), with the sizes read from the HF config."""
-    tl = "d_model d_head n_heads d_mlp n_layers n_ctx eps d_vocab act_fn rotary_base n_key_value_heads window_size"
-    hf = (
-        "hidden_size head_dim num_attention_heads intermediate_size num_hidden_layers max_position_embeddings "
-        "rms_norm_eps vocab_size hidden_activation rope_theta num_key_value_heads sliding_window"
-    )
-    flags = "use_attn_scale use_local_attn gated_mlp final_rms use_normalization_before_and_after"
-    return (
-        {t: getattr(c, h) for t, h in zip(tl.split(), hf.split(), strict=True)}
-        | dict.fromkeys(flags.split(), True)
-        | {
-            "normalization_type": "RMS",
-            "positional_embedding_type": "rotary",
-            "attn_scale": c.query_pre_attn_scalar**0.5,  # HF scales scores by query_pre_attn_scalar, not d_head
-            "attn_types": ["local" if t == "sliding_attention" else "global" for t in c.layer_types],
-            "attn_scores_soft_cap": c.attn_logit_softcapping or -1.0,
-            "output_logits_soft_cap": c.final_logit_softcapping or -1.0,
-            "original_architecture": "Gemma2ForCausalLM",
-        }
-    )
-
-
-def _check_same_logits(model: Any, hf_model: Any, folder: Path, hf_cfg: dict[str, Any]) -> None:
-    """Refuse a TL 2 conversion whose logits differ from the HF model's (a config option TL 2 ignores)."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.cfg.d_vocab, (1, min(8, model.cfg.n_ctx)), generator=g)
-    with torch.no_grad():
-        ours = model(tokens.to(tlmodel.first_param_device(model))).float().cpu()
-        theirs = hf_model(tokens.to(tlmodel.first_param_device(hf_model))).logits.float().cpu()
-    gap = (ours - theirs).abs().max().item()
-    if not gap <= 1e-3 * max(1.0, theirs.abs().max().item()):
-        raise TLSubmodelsError(
-            f"{_tl()} converts the {_family(hf_cfg)} model in {folder} wrongly: its logits differ from the "
-            f"HuggingFace model's by up to {gap:.3g} (its config sets an option TransformerLens 2 does not "
-            "convert); transformer-lens 4 runs the HuggingFace model itself (TransformerBridge)"
-        )

@@ -23,11 +23,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_submodels import fastpath
 from tl_submodels import model as tlmodel
 from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.fastpath import PrefixRunner, Stage, StandardWeights
+from tl_submodels.fastpath import PrefixRunner, Stage
+from tl_submodels.model import StandardWeights
 from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap
 from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
@@ -124,17 +124,13 @@ def patch(
     seq, batch = task.seq_len, task.batch
     # The fast path runs over the weights, so hooks the caller has on the model (e.g. inside
     # `with model.hooks(...)`) would not apply there: patch through hooks then.
-    use_fast = (
-        fast
-        and tlmodel.is_attention_causal(model)
-        and not tlmodel.has_hooks(model)
-        and all(n in model.hook_dict for n in _fast_names(info, kinds))
-    )
+    ad = tlmodel.adapter(model)
+    use_fast = fast and ad.causal and not ad.has_hooks() and all(n in model.hook_dict for n in _fast_names(info, kinds))
     # The fast path holds TL-layout copies of (at most all) the blocks' weights: only when those would take
     # at most half the budget (decided before they are made).
-    if batch_size is None and _blocks_mb(model) > max_memory_mb / 2:
+    if batch_size is None and ad.blocks_mb() > max_memory_mb / 2:
         use_fast = False
-    weights = fastpath.standard_weights(model) if use_fast else None
+    weights = ad.standard_weights() if use_fast else None
     weights_mb = 0.0 if weights is None else _copied_mb(model, weights)
     budget = max_memory_mb - weights_mb
     # Examples in chunks whose cached runs and forwards fit the budget (all at once when they do).
@@ -238,7 +234,8 @@ def _patch_examples(
     out_pos = task.out_pos  # [batch], or [batch, n] for a multi-position task (padded slots repeat a read)
     # Positions before the first clean/corrupt difference are identical in both runs (causal attention);
     # the suffix must hold every read position (the earliest over the reads, padding left out).
-    start = min(task.first_difference(), task.first_read()) if tlmodel.is_attention_causal(model) else 0
+    ad = tlmodel.adapter(model)
+    start = min(task.first_difference(), task.first_read()) if ad.causal else 0
     start = start if _TRICKS["prefix_reuse"] else 0
     runner = None
     if weights is not None:
@@ -263,7 +260,7 @@ def _patch_examples(
         err = float((check - expected).abs().max())
         if err > FAST_TOLERANCE * max(1.0, float(expected.abs().max())):
             warnings.warn(
-                f"tl_submodels: the fast patching path differs from {type(model).__name__}'s logits by {err:.2e}; "
+                f"tl_submodels: the fast patching path differs from {ad.source}'s logits by {err:.2e}; "
                 "patching through hooks instead (slower, exact).",
                 stacklevel=2,
             )
@@ -307,9 +304,7 @@ def _patch_examples(
                 else:
                     patcher = _Patcher(g, lo, hi, batch, source[site], info.n_units(g.kind))
                     resid = base[tlmodel.hook_resid_pre(g.layer)].repeat(hi - lo, 1, 1)
-                    logits = tlmodel.forward_from(
-                        model, g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)]
-                    )
+                    logits = ad.forward_from(g.layer, base_tokens.repeat(hi - lo, 1), resid, [(site, patcher.hook)])
                     final = task.final_logits(logits)
             sweep.done(i, task.per_example(final).view(hi - lo, batch).cpu())
         done = sweep.gather()
@@ -452,11 +447,6 @@ def _fast_names(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...]) -> list[str]:
         for layer in range(info.n_layers)
         for h in (tlmodel.hook_k, tlmodel.hook_v, after_attn, tlmodel.hook_resid_post)
     ]
-
-
-def _blocks_mb(model: Any) -> float:
-    """Memory of the parameters of the model's blocks, in MB: a bound on what the fast path copies."""
-    return sum(p.numel() * p.element_size() for p in model.blocks.parameters()) / 2**20
 
 
 def _copied_mb(model: Any, weights: StandardWeights) -> float:

@@ -128,14 +128,7 @@ class Report:
 
 
 def _card_section(model: Any, card: dict[str, Any] | str | None) -> str:
-    info = tlmodel.model_info(model)
-    rows = {
-        "TransformerLens line": tlmodel.TL_LINE,
-        "model class": type(model).__name__,
-        "layers x heads": f"{info.n_layers} x {info.n_heads} (d_head {info.d_head})",
-        "d_model / d_mlp": f"{info.d_model} / {info.d_mlp}",
-        "d_vocab": info.d_vocab,
-    }
+    rows = tlmodel.adapter(model).describe()
     out = viz.summary_html("Architecture", list(rows.items()))
     if isinstance(card, str):
         from tl_submodels import zoo
@@ -458,7 +451,7 @@ def _model_name(model: Any, card: dict[str, Any] | str | None) -> str:
     if isinstance(card, dict) and card.get("name"):
         return str(card["name"])
     name = getattr(getattr(model, "cfg", None), "model_name", None)
-    return str(name) if name and name != "custom" else type(model).__name__
+    return str(name) if name and name != "custom" else tlmodel.adapter(model).source
 
 
 def _decomposition_heading(dec: Decomposition) -> str:

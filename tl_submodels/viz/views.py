@@ -12,6 +12,7 @@ from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Int
 from torch import Tensor
 
+from tl_submodels import model as tlmodel
 from tl_submodels.components import Head
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
@@ -33,9 +34,9 @@ def attention_patterns(model: Any, tokens: str | Int[Tensor, " pos"] | Sequence[
     if not heads:
         raise TLSubmodelsError(f"sub-model {sub.name!r} has no attention heads to show; it holds {sorted(sub)}")
     ids = _prompt(model, tokens)
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer in {h.layer for h in heads}}
-    _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
-    pattern = torch.stack([cache[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads])
+    names = {tlmodel.hook_pattern(layer) for layer in {h.layer for h in heads}}
+    _, cache = tlmodel.run_cache(model, ids, names)
+    pattern = torch.stack([cache[tlmodel.hook_pattern(h.layer)][0, h.head] for h in heads])
     return attention_heads(
         attention=pattern.detach().float().cpu(),
         tokens=_words(model, ids[0]),
