@@ -10,6 +10,12 @@ position). The edges out of a writer add up to its node score from :func:`tl_sub
 Reader granularity depends on the model: ``"qkv"`` (a reader per head and q/k/v input) where the
 attention inputs can be split per head (TL 2 HookedTransformer, TL 4 bridges with joint-QKV
 attention such as GPT-2), ``"layer"`` (one reader per attention layer) on TL 4 native bridges.
+
+With grouped- or multi-query attention (Llama, Qwen2, Mistral, Gemma 2: fewer key-value heads than
+query heads) each key-value head reads the residual once for every query head that shares it, so a
+k or v reader is a key-value head: ``L{layer}KV{g}.k`` / ``.v``, shared by query heads
+``g * r .. (g + 1) * r - 1`` where ``r = n_heads / n_key_value_heads``. Queries stay per head
+(``L{layer}H{h}.q``).
 """
 
 from __future__ import annotations
@@ -110,10 +116,10 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     info, _, task = check_scoring(model, task, None, False, direction)
     base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
     L, has_mlps = info.n_layers, info.has_mlps
-    sites = [tlmodel.hook_z(layer) for layer in range(L)] + (
+    outputs = [tlmodel.hook_z(layer) for layer in range(L)] + (
         [tlmodel.hook_mlp_out(layer) for layer in range(L)] if has_mlps else []
     )
-    both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), sites)
+    both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), outputs)
     b = task.batch
     source_value, base_value = float(task.metric(both_logits[:b])), float(task.metric(both_logits[b:]))
     clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
@@ -139,29 +145,29 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
 
     # Readers: the gradient of the metric at what each component reads.
     with ad.reader_hooks() as granularity:
-        names: list[str] = []
-        readers: list[str] = []
-        reader_layer: list[float] = []
+        sites: list[tuple[str, str, float]] = []  # (hook point, reader name or "L{layer}{H|KV}{i}.{q|k|v}", layer)
         for layer in range(L):
             if granularity == "qkv":
-                names += [tlmodel.hook_split_input(layer, w) for w in "qkv"]
-                readers += [f"L{layer}H{h}.{w}" for w in "qkv" for h in range(info.n_heads)]
-                reader_layer += [layer] * 3 * info.n_heads
+                sites += [(tlmodel.hook_split_input(layer, w), w, layer) for w in "qkv"]
             else:
-                names.append(tlmodel.hook_attn_reads(layer))
-                readers.append(f"L{layer}.attn")
-                reader_layer.append(layer)
+                sites.append((tlmodel.hook_attn_reads(layer), f"L{layer}.attn", layer))
             if has_mlps:
-                names.append(tlmodel.hook_mlp_in(layer))
-                readers.append(f"MLP{layer}")
-                reader_layer.append(layer + 0.5)
-        names.append(tlmodel.hook_resid_post(L - 1))
-        readers.append("logits")
-        reader_layer.append(L + 1)
-        grads = _gradients(model, task, torch.arange(b), base_tokens, dict.fromkeys(names))
+                # an MLP reads the residual after its layer's attention, or beside it in a parallel block
+                sites.append((tlmodel.hook_mlp_in(layer), f"MLP{layer}", layer + (0.0 if ad.parallel_blocks else 0.5)))
+        sites.append((tlmodel.hook_resid_post(L - 1), "logits", L + 1))
+        grads = _gradients(model, task, torch.arange(b), base_tokens, dict.fromkeys(n for n, _, _ in sites))
+    readers: list[str] = []
+    reader_layer: list[float] = []
     per_reader = []
-    for name in names:
-        g = grads[name]  # [b, s, d] or [b, s, head, d]
+    for name, what, at in sites:
+        g = grads[name]  # [b, s, d] or [b, s, head, d]: k and v have one head per key-value head (GQA)
+        if g.ndim == 4:
+            unit = "H" if g.shape[2] == info.n_heads else "KV"
+            readers += [f"L{int(at)}{unit}{i}.{what}" for i in range(g.shape[2])]
+            reader_layer += [at] * g.shape[2]
+        else:
+            readers.append(what)
+            reader_layer.append(at)
         per_reader.append(g.permute(2, 0, 1, 3) if g.ndim == 4 else g[None])
     grad = torch.cat(per_reader)  # [reader, b, s, d]
     raw = torch.einsum("wbsd,rbsd->wr", delta, grad.to(delta.device)).cpu()

@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.model.hooks import hook_attn_reads
+from tl_submodels.model.hooks import hook_attn_out_norm, hook_attn_reads, hook_mlp_in
 from tl_submodels.model.info import ModelInfo, model_info
 
 __all__ = ["Adapter", "StandardWeights", "adapter"]
@@ -63,7 +63,6 @@ _NOT_STANDARD = (
     ("parallel_attn_mlp", "parallel attention and MLP"),
     ("use_local_attn", "local attention"),
     ("use_qk_norm", "q/k norms"),
-    ("use_normalization_before_and_after", "norms after attention and MLP"),
     ("num_experts", "mixture of experts"),
 )
 
@@ -216,6 +215,12 @@ class Adapter:
         ``use_split_qkv_input``, ``use_hook_mlp_in`` and ``use_attn_in`` are restored on exit, also on error.
         """
         model, cfg = self.model, self.model.cfg
+        if self.post_norms:
+            raise TLSubmodelsError(
+                f"{self.source} normalises each attention and MLP output before adding it to the residual stream "
+                "(Gemma 2), so a head's share of what its layer writes is not a sum; edge attribution does not cover "
+                "this model (node scores: tls.attribute)"
+            )
         saved = {f: bool(getattr(cfg, f, False)) for f in ("use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")}
         granularity = "layer"
         try:
@@ -228,6 +233,7 @@ class Adapter:
                 granularity = "layer"
             if self.info.has_mlps:
                 model.set_use_hook_mlp_in(True)
+                self._check_mlp_reads_resid()
             if granularity == "layer" and hook_attn_reads(0) not in model.hook_dict:
                 raise TLSubmodelsError(
                     f"{self.source} can neither split its attention inputs per head nor expose "
@@ -242,6 +248,33 @@ class Adapter:
             if saved["use_attn_in"]:
                 model.set_use_attn_in(True)
 
+    @property
+    def post_norms(self) -> bool:
+        """True where attention and MLP outputs are normalised before they join the residual (Gemma 2).
+
+        Read off the hook points as well as the cfg: TL 4's bridges over HuggingFace models do not set
+        ``use_normalization_before_and_after``."""
+        cfg_says = bool(getattr(self.model.cfg, "use_normalization_before_and_after", False))
+        return cfg_says or hook_attn_out_norm(0) in self.model.hook_dict
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """True where a block's attention and MLP both read the residual entering it (GPT-J, NeoX, Falcon)."""
+        return bool(getattr(self.model.cfg, "parallel_attn_mlp", False))
+
+    def _check_mlp_reads_resid(self) -> None:
+        """Refuse models whose MLPs read their attention's norm output (``hook_mlp_in`` never runs)."""
+        ran: list[bool] = []
+        probe = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            self.model.run_with_hooks(probe, fwd_hooks=[(hook_mlp_in(0), lambda act, hook: ran.append(True))])
+        if not ran:
+            raise TLSubmodelsError(
+                f"{self.source} runs attention and MLP in parallel from one shared norm (it has no "
+                f"{hook_mlp_in(0)!r} that runs), so what an MLP reads cannot be told apart from what its layer's "
+                "attention reads; edge attribution does not cover this model (node scores: tls.attribute)"
+            )
+
     # ----- the fast path
 
     def blocks_mb(self) -> float:
@@ -252,6 +285,8 @@ class Adapter:
     def why_hooks(self) -> str:
         """Why the weight-level fast path does not apply to this architecture ("" where it does)."""
         cfg = self.model.cfg
+        if self.post_norms:
+            return "norms after attention and MLP"
         for flag, what in _NOT_STANDARD:
             if getattr(cfg, flag, None):
                 return what

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tl_submodels.components import Component, Kind
 
 __all__ = [
-    "component_hook", "hook_attn_reads", "hook_k", "hook_mlp_in", "hook_mlp_out", "hook_pattern", "hook_post",
+    "component_hook", "hook_attn_out_norm", "hook_attn_reads", "hook_k", "hook_mlp_in", "hook_mlp_out", "hook_pattern", "hook_post",
     "hook_resid_mid", "hook_resid_post", "hook_resid_pre", "hook_split_input", "hook_v", "hook_z", "site_hook",
 ]  # fmt: skip
 
@@ -75,6 +75,11 @@ def hook_split_input(layer: int, which: str) -> str:
 def hook_mlp_in(layer: int) -> str:
     """The residual an MLP reads (before its norm): ``[batch, pos, d_model]``."""
     return f"blocks.{layer}.hook_mlp_in"
+
+
+def hook_attn_out_norm(layer: int) -> str:
+    """The norm some families (Gemma 2) apply to the attention output before adding it to the residual."""
+    return f"blocks.{layer}.ln1_post.hook_in"
 
 
 def hook_attn_reads(layer: int) -> str:
