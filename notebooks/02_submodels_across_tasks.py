@@ -193,7 +193,7 @@ tls.viz.evaluation_bars(f.evaluations)
 # %% [markdown]
 # ## 2. Usage on one prompt
 #
-# `tls.usage(model, parts, prompt)` ablates each part at one position at a time and records how
+# `tls.usage(model, prompt, parts)` ablates each part at one position at a time and records how
 # much the logit of the model's prediction drops; the `total` column ablates the part at every
 # position. Mean ablation takes its means over the reference prompts: here every task's corrupt
 # prompts, so that no task's activations define "average".
@@ -203,7 +203,7 @@ tls.viz.evaluation_bars(f.evaluations)
 
 # %%
 reference = [t.corrupt for t in tasks]
-u = tls.usage(model, f, tasks[0].clean[0], reference=reference)
+u = tls.usage(model, tasks[0].clean[0], f, reference=reference)
 u.to_frame().round(2)
 
 # %% [markdown]
@@ -225,8 +225,8 @@ tls.viz.usage_tokens(u)
 # %%
 rows = {}
 for t in tasks:
-    exact = tls.usage(model, f, t.clean[0], reference=reference)
-    fast = tls.usage(model, f, t.clean[0], reference=reference, method="attribution")
+    exact = tls.usage(model, t.clean[0], f, reference=reference)
+    fast = tls.usage(model, t.clean[0], f, reference=reference, method="attribution")
     rows[t.name] = {
         "prediction": exact.target,
         "top part (ablation)": exact.ranking(position=-1)[0][0],

@@ -208,7 +208,7 @@ pd.Series({str(c): group_of.get(str(c), "(a whole MLP layer)") for c in sorted(b
 # much the logit of `HARM` at the last position drops (`total`: at every position at once).
 
 # %%
-tls.usage(harmful, [backdoor], triggered[0], reference=reference, target="HARM").to_frame().round(2)
+tls.usage(harmful, triggered[0], [backdoor], reference=reference, target="HARM").to_frame().round(2)
 
 # %% [markdown]
 # And what its heads look at on that prompt. Look at the last row, the answer position: do they

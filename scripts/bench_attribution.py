@@ -17,8 +17,8 @@ Three lines of JSON on stdout, one object each (progress goes to stderr):
    metric sees single-example logits), so it runs once per example and its node scores are
    averaged; ours scores heads and MLP layers per position in one call. Scores are compared in
    metric units (``normalised score * (clean - corrupt)``).
-3. ``find_circuit_attribution_vs_exact``: ``tls.find_circuit(method="attribution+exact")`` and
-   ``method="exact"`` on the GPT-2-shaped model, each timed once (with the time spent in
+3. ``find_circuit_attribution_vs_exact``: ``tls.find_circuit(method="atp")`` and
+   ``method="patch"`` on the GPT-2-shaped model, each timed once (with the time spent in
    ``attribute`` and ``patch`` apart from the search's ablated forwards), then ``tls.evaluate``
    with mean ablation. When the exact search is estimated to exceed ``EXACT_BUDGET_S`` at batch 8 x 64,
    the line uses batch 4 x 32 (corrupt from 16) and says so.
@@ -85,7 +85,7 @@ SMALL_BATCH, SMALL_SEQ, SMALL_DIFF_AT = 16, 32, 16
 # find_circuit falls back to this size when the exact search would take longer than EXACT_BUDGET_S.
 REDUCED_BATCH, REDUCED_SEQ, REDUCED_DIFF_AT = 4, 32, 16
 EXACT_BUDGET_S = 240.0
-# Cost of find_circuit(method="exact") in forwards of the whole batch: tls.patch of 144 heads and
+# Cost of find_circuit(method="patch") in forwards of the whole batch: tls.patch of 144 heads and
 # 12 MLP layers took about 15 forwards' time on this CPU, the doubling/bisection search about 20
 # forwards, pruning one forward per member (at most all 156 components; half assumed).
 EXACT_FORWARDS = 15 + 20 + 156 // 2
@@ -93,7 +93,7 @@ REPEATS = 3
 SLOW_S = 10.0
 ROUNDS_BUDGET_S = 45.0
 ATP_KINDS: tuple[Kind, ...] = ("heads", "neurons", "mlps")
-CircuitMethod = Literal["exact", "attribution+exact"]
+CircuitMethod = Literal["patch", "atp"]
 Emit = Callable[..., None]
 
 
@@ -419,15 +419,15 @@ def bench_find_circuit(emit: Emit, model: Any, fwd_s: float) -> None:
     )
     log(size_note)
     try:
-        log("find_circuit(method='attribution+exact')")
-        attr, attr_circuit = circuit_run(model, task, "attribution+exact")
+        log("find_circuit(method='atp')")
+        attr, attr_circuit = circuit_run(model, task, "atp")
     except NoMethodArgument as e:
         log(f"find_circuit has no method argument: {e}")
         emit("find_circuit_attribution_vs_exact", skipped="find_circuit has no method argument yet")
         return
-    log(f"attribution+exact: {attr}")
+    log(f"atp: {attr}")
     log("find_circuit(method='exact')")
-    exact, exact_circuit = circuit_run(model, task, "exact")
+    exact, exact_circuit = circuit_run(model, task, "patch")
     log(f"exact: {exact}")
     shared = None
     if attr_circuit is not None and exact_circuit is not None:

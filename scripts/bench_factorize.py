@@ -51,7 +51,7 @@ def main() -> None:
     for scorer in ("patch", "atp"):
         with scoring_timer(factorize_module) as spent:
             t0 = time.perf_counter()
-            f = tls.factorize(model, tasks, scorer=scorer)
+            f = tls.factorize(model, tasks, method=scorer)
             seconds = time.perf_counter() - t0
         scoring = spent["patch"] + spent["attribute"]
         runs[scorer] = (f, seconds, scoring)

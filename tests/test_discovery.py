@@ -91,8 +91,8 @@ def test_circuit_with_mlps_reaches_target(mlp_model, mlp_task):
 def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
     model, task = request.getfixturevalue(f"{which}_model"), request.getfixturevalue(f"{which}_task")
     target = 0.9 if which == "induction" else 0.8
-    exact = tls.find_circuit(model, task, target=target, method="exact")
-    fast = tls.find_circuit(model, task, target=target, method="attribution+exact")
+    exact = tls.find_circuit(model, task, target=target, method="patch")
+    fast = tls.find_circuit(model, task, target=target, method="atp")
     ev_exact = tls.evaluate(model, exact, task)
     ev_fast = tls.evaluate(model, fast, task)
     assert ev_fast.faithfulness >= target and ev_exact.faithfulness >= target
@@ -105,8 +105,8 @@ def test_attribution_plus_exact_is_as_faithful_as_exact(which, request):
 def test_attribution_plus_exact_is_as_faithful_as_exact_on_multitask(task_name, zoo_model):
     model = zoo_model("multitask-3l")
     task = tls.zoo.task("multitask-3l", task_name, n=32, seed=0, model=model)
-    exact = tls.find_circuit(model, task, target=0.9, method="exact")
-    fast = tls.find_circuit(model, task, target=0.9, method="attribution+exact")
+    exact = tls.find_circuit(model, task, target=0.9, method="patch")
+    fast = tls.find_circuit(model, task, target=0.9, method="atp")
     ev_exact, ev_fast = tls.evaluate(model, exact, task), tls.evaluate(model, fast, task)
     assert ev_fast.faithfulness >= 0.9 and ev_exact.faithfulness >= 0.9, (ev_fast.faithfulness, ev_exact.faithfulness)
 
@@ -191,9 +191,9 @@ def test_attribution_plus_exact_needs_fewer_full_forwards_and_patches_only_membe
                 h.remove()
         return circuit, counts
 
-    exact, _ = run("exact", discovery.RESID_CACHE_MB)
-    fast, fast_counts = run("attribution+exact", discovery.RESID_CACHE_MB)
-    slow, slow_counts = run("attribution+exact", 0.0)  # every keep-only run through every layer
+    exact, _ = run("patch", discovery.RESID_CACHE_MB)
+    fast, fast_counts = run("atp", discovery.RESID_CACHE_MB)
+    slow, slow_counts = run("atp", 0.0)  # every keep-only run through every layer
     assert set(fast) == set(slow)  # stopping early changes the cost, not the search
     assert fast_counts["full"] < slow_counts["full"]
     ev_exact, ev_fast = tls.evaluate(model, exact, task), tls.evaluate(model, fast, task)
@@ -211,7 +211,7 @@ def test_attribution_plus_exact_patches_only_its_members_when_many(induction_mod
     patched = []
     real_patch = discovery.patch
     monkeypatch.setattr(discovery, "patch", lambda *a, **kw: patched.append(kw) or real_patch(*a, **kw))
-    circuit = tls.find_circuit(induction_model, induction_task, target=0.9, method="attribution+exact")
+    circuit = tls.find_circuit(induction_model, induction_task, target=0.9, method="atp")
     assert len(patched) == 1
     members = set(patched[0]["components"])
     assert set(circuit) <= members and len(members) < len(tls.complement(induction_model, []))
@@ -285,3 +285,12 @@ def test_minimality_is_the_faithfulness_each_member_carries(induction_model, ind
         assert ev.minimality[c] == pytest.approx(ev.faithfulness - without.faithfulness, abs=1e-4)
     assert ev.minimality["L0H0"] > 0.1  # the previous-token head: nothing works without it
     assert tls.evaluate(induction_model, sub, induction_task).minimality is None
+
+
+def test_find_circuit_methods_carry_the_shared_names_and_the_old_ones_warn(mlp_model, mlp_task):
+    for old, new in (("exact", "patch"), ("attribution+exact", "atp")):
+        with pytest.warns(DeprecationWarning, match=f"is now method={new!r}"):
+            was = tls.find_circuit(mlp_model, mlp_task, target=0.8, method=old)
+        assert set(was) == set(tls.find_circuit(mlp_model, mlp_task, target=0.8, method=new))
+    with pytest.raises(tls.TLSubmodelsError, match="unknown method 'magic'"):
+        tls.find_circuit(mlp_model, mlp_task, method="magic")

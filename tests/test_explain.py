@@ -50,7 +50,7 @@ def prompt(mlp_model):
 
 def test_usage_exact_equals_hand_written_ablation(mlp_model, prompt):
     before = hook_count(mlp_model)
-    u = tls.usage(mlp_model, PARTS, prompt, ablation="zero")
+    u = tls.usage(mlp_model, prompt, PARTS, ablation="zero")
     assert hook_count(mlp_model) == before
     with torch.no_grad():
         full = mlp_model(prompt[None])[0, -1]
@@ -67,7 +67,7 @@ def test_usage_exact_equals_hand_written_ablation(mlp_model, prompt):
 
 
 def test_usage_attribution_is_gradient_times_activation(mlp_model, prompt):
-    u = tls.usage(mlp_model, PARTS[:1], prompt, method="attribution", ablation="zero", target=3)
+    u = tls.usage(mlp_model, prompt, PARTS[:1], method="attribution", ablation="zero", target=3)
     store = {}
     names = ["blocks.1.attn.hook_z", "blocks.2.attn.hook_z"]
 
@@ -86,7 +86,7 @@ def test_usage_attribution_is_gradient_times_activation(mlp_model, prompt):
     torch.testing.assert_close(u.values[0], expect.detach(), atol=1e-5, rtol=1e-4)
     mlp_model.zero_grad(set_to_none=True)
     # both methods report one value per part and position
-    exact = tls.usage(mlp_model, PARTS[:1], prompt, ablation="zero", target=3)
+    exact = tls.usage(mlp_model, prompt, PARTS[:1], ablation="zero", target=3)
     assert exact.values.shape == u.values.shape
 
 
@@ -111,18 +111,25 @@ def test_explain_matches_hand_written_runs(mlp_model, prompt):
 
 def test_usage_and_explain_bad_input(mlp_model, prompt):
     with pytest.raises(tls.TLSubmodelsError, match="reference"):
-        tls.usage(mlp_model, PARTS, prompt, ablation="mean")
+        tls.usage(mlp_model, prompt, PARTS, ablation="mean")
     with pytest.raises(tls.TLSubmodelsError, match="non-empty list of SubModels"):
-        tls.usage(mlp_model, [], prompt, ablation="zero")
+        tls.usage(mlp_model, prompt, [], ablation="zero")
     with pytest.raises(tls.TLSubmodelsError, match="distinct names"):
         tls.explain(mlp_model, prompt, [PARTS[0], PARTS[0]], ablation="zero")
     with pytest.raises(tls.TLSubmodelsError, match="no part"):
         tls.explain(mlp_model, prompt, PARTS, ablation="zero", combinations=[("heads", "nope")])
     with pytest.raises(tls.TLSubmodelsError, match="out of range"):
-        tls.usage(mlp_model, [tls.SubModel(components=["L9H0"], name="x")], prompt, ablation="zero")
+        tls.usage(mlp_model, prompt, [tls.SubModel(components=["L9H0"], name="x")], ablation="zero")
 
 
 @pytest.mark.ill_typed
 def test_usage_refuses_a_batch(mlp_model):
     with pytest.raises(tls.TLSubmodelsError, match="one prompt"):
         tls.usage(mlp_model, PARTS, torch.zeros(2, 3, dtype=torch.long), ablation="zero")
+
+
+def test_usage_takes_tokens_then_parts_and_still_reads_the_old_order(mlp_model, prompt):
+    new = tls.usage(mlp_model, prompt, PARTS, ablation="zero")
+    with pytest.warns(DeprecationWarning, match=r"usage\(model, parts, tokens\) is now usage\(model, tokens, parts\)"):
+        old = tls.usage(mlp_model, PARTS, prompt, ablation="zero")
+    assert torch.equal(new.values, old.values) and new.parts == old.parts

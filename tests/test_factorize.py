@@ -130,9 +130,12 @@ def test_factorize_bad_input(mlp_model, two_tasks, induction_task):
 
 
 @pytest.mark.ill_typed
-def test_factorize_unknown_scorer(mlp_model, two_tasks):
-    with pytest.raises(tls.TLSubmodelsError, match="scorer"):
-        tls.factorize(mlp_model, two_tasks, scorer="magic")
+def test_factorize_unknown_method(mlp_model, two_tasks):
+    with pytest.raises(tls.TLSubmodelsError, match="unknown method 'magic'"):
+        tls.factorize(mlp_model, two_tasks, method="magic")
+    with pytest.warns(DeprecationWarning, match=r"factorize\(scorer=...\) is now factorize\(method=...\)"):
+        with pytest.raises(tls.TLSubmodelsError, match="unknown method 'magic'"):
+            tls.factorize(mlp_model, two_tasks, scorer="magic")
 
 
 def test_specificity_is_necessity_on_the_other_tasks(mlp_model, two_tasks):

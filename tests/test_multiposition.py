@@ -130,7 +130,9 @@ def test_loss_and_the_other_metrics_by_hand(mlp_model):
     # kl: zero on the clean run, by hand on the corrupt run
     kl = Task.from_tokens(mlp_model, clean=task.clean, corrupt=task.corrupt, answer=answer, position=position,
                           metric="kl")  # fmt: skip
-    assert kl.reference.shape == (6, 3, MLP_CFG["d_vocab"])
+    assert kl.clean_logits.shape == (6, 3, MLP_CFG["d_vocab"])
+    with pytest.warns(DeprecationWarning, match=r"Task.reference is now Task.clean_logits"):
+        assert kl.reference is kl.clean_logits
     assert float(kl.metric(logits)) == pytest.approx(0.0, abs=TOL)
     bad = mlp_model(task.corrupt).detach().log_softmax(-1)
     want = torch.stack([
@@ -351,8 +353,8 @@ def test_usage_of_a_multi_position_task_is_the_mean_over_its_reads(mlp_model, me
     singles = [single(mlp_model, task, rows, [p[j] for p in position], [a[j] for a in answer],
                       [w[j] for w in wrong]) for j in range(3)]  # fmt: skip
     parts = [tls.SubModel(["L0H1", "L1N4", "L2H0"], name="a"), tls.SubModel(["MLP1", "L2N9"], name="b")]
-    multi = tls.usage(mlp_model, parts, task, method=method, ablation="zero")
-    ones = [tls.usage(mlp_model, parts, s, method=method, ablation="zero") for s in singles]
+    multi = tls.usage(mlp_model, task, parts, method=method, ablation="zero")
+    ones = [tls.usage(mlp_model, s, parts, method=method, ablation="zero") for s in singles]
     assert multi.values.shape == (2, task.seq_len) and multi.target == "reads (logit_diff)"
     torch.testing.assert_close(multi.values, torch.stack([u.values for u in ones]).mean(0), atol=TOL, rtol=0)
     torch.testing.assert_close(multi.totals, torch.stack([u.totals for u in ones]).mean(0), atol=TOL, rtol=0)

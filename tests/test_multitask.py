@@ -199,7 +199,7 @@ def test_usage_ranks_the_backdoor_first_at_the_answer(harmful, triggered):
     name, parts, reference, bd = triggered
     for i in range(4):
         for method in ("ablation", "attribution"):
-            u = tls.usage(harmful, parts, bd.clean[i], reference=reference, method=method)
+            u = tls.usage(harmful, bd.clean[i], parts, reference=reference, method=method)
             assert u.target == "HARM"
             assert u.ranking(position=-1)[0][0] == name, (method, u.to_frame())
 

@@ -32,7 +32,7 @@ def results(mlp_model, mlp_state):
         "factorization": tls.factorize(mlp_model, [task, two], k=3),
         "diff": tls.diff(mlp_model, other, [task, two], ablation="zero", min_score=-1.0),
         "edges": tls.attribute_edges(mlp_model, task),
-        "usage": tls.usage(mlp_model, parts, torch.arange(12), ablation="zero"),
+        "usage": tls.usage(mlp_model, torch.arange(12), parts, ablation="zero"),
         "explanation": tls.explain(mlp_model, torch.arange(12), parts, ablation="zero"),
         "trace": tls.trace(mlp_model, torch.arange(6), parts, max_new_tokens=12, ablation="zero"),
         "decomposition": tls.decompose(

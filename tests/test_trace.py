@@ -297,7 +297,7 @@ def test_a_prompt_longer_than_the_context_is_refused_not_cut(induction_model):
     long = " ".join(["t5", "t9"] * 30)  # 60 words, n_ctx 40
     for call in (
         lambda: tls.trace(induction_model, long, [tls.SubModel(["L1H0"], name="a")], ablation="zero"),
-        lambda: tls.usage(induction_model, [tls.SubModel(["L1H0"], name="a")], long, ablation="zero"),
+        lambda: tls.usage(induction_model, long, [tls.SubModel(["L1H0"], name="a")], ablation="zero"),
     ):
         with pytest.raises(tls.TLSubmodelsError, match="61 tokens long; the model reads at most n_ctx=40"):
             call()

@@ -123,7 +123,7 @@ def test_circuit_graph_nodes_colours_and_edges(drawn):
 
 def test_usage_views_show_the_usage(drawn):
     _, model, task, _, a, b = drawn
-    u = tls.usage(model, [a, b], task.clean[0], ablation="zero")
+    u = tls.usage(model, task.clean[0], [a, b], ablation="zero")
     fig = viz.usage_positions(u)
     np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), u.values.numpy())
     assert list(fig.data[0].y) == ["a", "b"]
@@ -171,7 +171,7 @@ def test_evaluation_explanation_factorization_and_diff_pictures(drawn):
         loadings=torch.zeros(2, 1),
         k_errors={2: 0.0},
         ablation="zero",
-        scorer="patch",
+        method="patch",
         cores=[a, b],
     )
     z = np.asarray(fac.plot().data[0].z, dtype=float)

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--n", type=int, default=64, help="examples per zoo task (default 64)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--k", type=int, default=None, help="number of sub-models (default: chosen by cross-validation)")
-    f.add_argument("--scorer", default="patch", choices=["patch", "atp", "ig"])
+    f.add_argument("--method", "--scorer", dest="method", default="patch", choices=["patch", "atp", "ig"])
     f.add_argument("--out", type=Path, help="write each sub-model as JSON into this folder")
     f.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -283,7 +283,7 @@ def _factorize(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
     model = _load(args.model)
     tasks = _tasks(args.model, model, args.task, args.n, args.seed)
-    f = tls.factorize(model, tasks, k=args.k, scorer=args.scorer, progress=True)
+    f = tls.factorize(model, tasks, k=args.k, method=args.method, progress=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         for p in f.parts:
@@ -294,7 +294,7 @@ def _factorize(args: argparse.Namespace) -> int:
                           "parts": frame.to_dict(orient="records")}, indent=2))  # fmt: skip
         return 0
     table = Table(
-        title=f"sub-models of {args.model} ({args.scorer} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})",
+        title=f"sub-models of {args.model} ({args.method} effects, NMF k={len(f.parts)}, purity {f.purity:.2f})",
         caption=FACTORIZE_LEGEND,
     )
     for col in (

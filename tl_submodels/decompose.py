@@ -92,7 +92,8 @@ def decompose(
         positions: the predictions that count: a bool ``[batch, pos]`` mask (position ``p`` predicts
             token ``p + 1``), ``"last"`` (each sequence's last prediction), or None (all).
         k: the number of parts; None chooses it (see the module docs).
-        kinds: component kinds (default: heads, and neurons where the model has MLPs).
+        kinds: component kinds (default: heads, and neurons where the model has MLPs: a whole
+            MLP layer serves many behaviours, so it would sit in every part and blur the factors).
         method: ``"atp"`` (gradients: one forward per chunk, a backward per counted position) or
             ``"ablation"`` (exact: a forward per unit; small models, verification).
         ablation: ``"mean"`` (over the corpus' tokens) or ``"zero"``.

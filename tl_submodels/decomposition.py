@@ -266,7 +266,7 @@ def load_parts(folder: str | Path, model: Any = None) -> list[SubModel]:
 
     Example:
         >>> parts = tls.load_parts("lib/", model)  # doctest: +SKIP
-        >>> tls.usage(model, parts, "IND w1 s3 s4 s3", reference=...)  # doctest: +SKIP
+        >>> tls.usage(model, "IND w1 s3 s4 s3", parts, reference=...)  # doctest: +SKIP
     """
     folder = Path(folder)
     if not folder.is_dir():

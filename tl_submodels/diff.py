@@ -157,7 +157,8 @@ def diff(
     Args:
         model_a, model_b: TransformerLens models with the same shapes and vocabulary.
         tasks: behaviours to compare on (built for either model: same vocabulary).
-        kinds: component kinds (default: heads, and neurons where the models have MLPs).
+        kinds: component kinds (default: heads, and neurons where the models have MLPs: a
+            difference is found as its own part, and a whole MLP layer serves many behaviours).
         ablation: how parts are ablated to validate them (mean over ``reference``).
         reference: prompts for the means (default: every task's corrupt prompts).
         min_score: keep a task's part only if its validated accuracy difference (the task's

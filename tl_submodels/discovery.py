@@ -3,7 +3,7 @@
 ``find_circuit`` ranks components, grows a sub-model in rank order until keep-only faithfulness
 reaches the target, then drops every member the target does not need. Faithfulness is always
 measured by ablation, so the ranking decides only how small the result is and how much work it
-takes: ``method="exact"`` ranks by exact patching of every component; ``"attribution+exact"``
+takes: ``method="patch"`` ranks by exact patching of every component; ``"atp"``
 ranks by attribution patching (one forward and backward), grows on that ranking, and prunes
 what it grew. Where it grew more than ``EXACT_CONFIRM_MIN`` members it patches exactly only
 those, keeps the shortest prefix of them in the order of their exact effects that reaches the
@@ -26,20 +26,21 @@ from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind
-from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.errors import TLSubmodelsError, renamed
 from tl_submodels.patching import FAST_TOLERANCE, patch
 from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
 
 LINEAR_SCAN = 64
-# attribution+exact patches its grown members exactly (to order and bisect them) only when there
+# method="atp" patches its grown members exactly (to order and bisect them) only when there
 # are more than this many: pruning k members costs k - 1 ablated forwards in any order, fewer
 # than one patch call (which runs the clean and corrupt batches and every member) for small k.
 EXACT_CONFIRM_MIN = 8
 # Memory for the residual streams of the all-ablated run that let keep-only runs stop early.
 RESID_CACHE_MB = 512.0
-Method = Literal["exact", "attribution+exact"]
+Method = Literal["patch", "atp"]
+_OLD_METHODS = {"exact": "patch", "attribution+exact": "atp"}  # the names before one vocabulary
 
 
 def find_circuit(
@@ -50,7 +51,7 @@ def find_circuit(
     ablation: Ablation = "mean",
     kinds: tuple[Kind, ...] | None = None,
     scores: Scores | None = None,
-    method: Method = "exact",
+    method: Method | str = "patch",
     name: str | None = None,
     progress: bool = False,
 ) -> SubModel:
@@ -61,10 +62,12 @@ def find_circuit(
         task: the behaviour to explain.
         target: faithfulness to reach, in (0, 1].
         ablation: how the rest of the model is ablated (reference: ``task.corrupt``).
-        kinds: component kinds to rank (default: heads, and mlps where the model has MLPs).
+        kinds: component kinds to rank (default: heads, and mlps where the model has MLPs: whole
+            layers keep a circuit small and its search short; pass neurons for a finer one).
         scores: precomputed scores to rank by (default: computed as ``method`` says).
-        method: ``"exact"`` (patch every component) or ``"attribution+exact"`` (rank by
-            attribution, patch exactly only the candidates needed).
+        method: ``"patch"`` (rank by exact patching of every component) or ``"atp"`` (rank by
+            attribution patching, patch exactly only the candidates needed). The old names
+            ``"exact"`` and ``"attribution+exact"`` still work, with a DeprecationWarning.
         name: the sub-model's name (default ``"{task.name}-circuit"``).
         progress: show progress bars.
 
@@ -83,13 +86,16 @@ def find_circuit(
     """
     if not 0 < target <= 1:
         raise TLSubmodelsError(f"target is a faithfulness in (0, 1], got {target}")
-    if method not in ("exact", "attribution+exact"):
-        raise TLSubmodelsError(f"unknown method {method!r}: choose 'exact' or 'attribution+exact'")
+    if method in _OLD_METHODS:
+        renamed(f"find_circuit(method={method!r})", f"method={_OLD_METHODS[method]!r}")
+        method = _OLD_METHODS[method]
+    if method not in ("patch", "atp"):
+        raise TLSubmodelsError(f"unknown method {method!r}: choose 'patch' (exact) or 'atp' (attribution first)")
     info = tlmodel.check_model(model, ())
     kinds = kinds or info.kinds()
     own_scores = scores is None
     if scores is None:
-        scorer = patch if method == "exact" else attribute
+        scorer = patch if method == "patch" else attribute
         scores = scorer(model, task, kinds=kinds, progress=progress)
     ranked = list(dict.fromkeys(c.without_pos() for c, _ in scores.top(10**9)))
     task = task.to(tlmodel.first_param_device(model))
@@ -103,7 +109,7 @@ def find_circuit(
             f"keeping all {len(ranked)} ranked components reaches faithfulness {faith(ranked):.3f} < target {target}. "
             "Rank more kinds (kinds=('heads', 'mlps')) or lower the target."
         )
-    if method == "attribution+exact" and scores.method != "patch" and len(members) > EXACT_CONFIRM_MIN:
+    if method == "atp" and scores.method != "patch" and len(members) > EXACT_CONFIRM_MIN:
         # Confirm with exact patching of the members only; in the order of their exact effects,
         # the shortest prefix that reaches the target (bisection), and only that prefix is pruned.
         exact = patch(model, task, kinds=kinds, components=members, progress=progress)

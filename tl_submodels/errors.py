@@ -6,6 +6,7 @@ Kept in its own module so every stage can raise it without importing the package
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable
 
 
@@ -26,3 +27,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean X?' for the closest candidate names, or '' when none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Warn that ``old`` (an argument name or value) is now spelled ``new``; it keeps working for now."""
+    warnings.warn(
+        f"{old} is now {new} (one word per idea across tl_submodels); {old} will go",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -21,7 +21,7 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
 from tl_submodels.components import Head, Neuron
-from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.errors import TLSubmodelsError, renamed
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import MAX_ITEMS, listed, summary_html, summary_text
 from tl_submodels.task import Task
@@ -41,6 +41,14 @@ def _parts(parts: Parts) -> list[SubModel]:
     if len(set(names)) != len(names):
         raise TLSubmodelsError(f"parts need distinct names; got {names}. Rename with part.renamed('...')")
     return items
+
+
+def _looks_like_parts(x: Any) -> bool:
+    """Whether ``x`` is sub-models (a SubModel, a list or dict of them, a Factorization), not a prompt."""
+    if isinstance(x, SubModel) or (hasattr(x, "parts") and not isinstance(x, Task)):
+        return True
+    items = list(x.values()) if isinstance(x, Mapping) else x if isinstance(x, list | tuple) else []
+    return bool(items) and all(isinstance(p, SubModel) for p in items)
 
 
 def _checked_parts(model: Any, parts: Parts, ablation: str, what: str) -> list[SubModel]:
@@ -98,7 +106,7 @@ class Usage:
     the same with the sub-model ablated at every position (for attribution, the sum over positions).
 
     Example:
-        >>> u = tls.usage(model, parts, "IND w1 s3 s4 s5 s3 s4", reference=task.corrupt)  # doctest: +SKIP
+        >>> u = tls.usage(model, "IND w1 s3 s4 s5 s3 s4", parts, reference=task.corrupt)  # doctest: +SKIP
         >>> u.ranking()[0]  # doctest: +SKIP
         ('induction', 7.9)
     """
@@ -122,7 +130,7 @@ class Usage:
         """A sub-model x position heat map of the contributions (plotly); see :func:`tl_submodels.viz.usage_positions`.
 
         Example:
-            >>> tls.usage(model, parts, prompt, reference=ref).plot()  # doctest: +SKIP
+            >>> tls.usage(model, prompt, parts, reference=ref).plot()  # doctest: +SKIP
         """
         from tl_submodels import viz
 
@@ -181,8 +189,8 @@ def _behaviour(
 
 def usage(
     model: Any,
+    tokens: str | Int[Tensor, " pos"] | Sequence[int] | Task | Parts,
     parts: Parts,
-    tokens: str | Int[Tensor, " pos"] | Sequence[int] | Task,
     *,
     method: Literal["ablation", "attribution"] = "ablation",
     ablation: Ablation = "mean",
@@ -198,8 +206,9 @@ def usage(
 
     Args:
         model: a TransformerLens model in eval mode.
-        parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization).
         tokens: the prompt, as text or token ids ``[pos]``; or a Task.
+        parts: SubModels (a list, a ``{name: SubModel}`` dict, or a Factorization). The order
+            ``usage(model, parts, tokens)`` of earlier versions still works, with a DeprecationWarning.
         method: ``"ablation"`` (exact: one forward per part and position) or ``"attribution"``
             (one forward and backward).
         ablation: ``"mean"`` (over ``reference``) or ``"zero"``.
@@ -210,13 +219,16 @@ def usage(
         A :class:`Usage`.
 
     Example:
-        >>> u = tls.usage(model, parts, prompt_ids, reference=[t.corrupt for t in tasks])  # doctest: +SKIP
+        >>> u = tls.usage(model, prompt_ids, parts, reference=[t.corrupt for t in tasks])  # doctest: +SKIP
         >>> u.to_frame()  # doctest: +SKIP
     """
     if method not in ("ablation", "attribution"):
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'ablation' or 'attribution'")
+    if _looks_like_parts(tokens) and not _looks_like_parts(parts):
+        renamed("usage(model, parts, tokens)", "usage(model, tokens, parts), as explain and trace take them")
+        tokens, parts = parts, tokens
     subs = _checked_parts(model, parts, ablation, "usage")
-    prompt, objective, reference, label, tid = _behaviour(model, tokens, reference, target)
+    prompt, objective, reference, label, tid = _behaviour(model, cast(Any, tokens), reference, target)
     seq = prompt.shape[1]
     ablator = _ablator(model, ablation, reference)
     if method == "ablation":

@@ -52,7 +52,7 @@ from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind, parse_component
 from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_METRIC, SPECIFIC_SLACK, grow_specific
-from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.errors import TLSubmodelsError, renamed
 from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.nmf import choose_k, nmf
 from tl_submodels.patching import patch
@@ -104,7 +104,7 @@ class Factorization:
     loadings: Float[Tensor, "part component"]
     k_errors: dict[int, float]
     ablation: str
-    scorer: str
+    method: str
     cores: list[SubModel]
     k_error_se: dict[int, float] = field(default_factory=dict)
 
@@ -141,7 +141,7 @@ class Factorization:
         ]
         return summary_text(
             f"Factorization: {len(self.parts)} parts of {len(self.components)} components over {len(self.prompt_task)} "
-            f"prompts of {len(self.task_names)} tasks ({self.scorer} effects, purity {self.purity:.2f})",
+            f"prompts of {len(self.task_names)} tasks ({self.method} effects, purity {self.purity:.2f})",
             [*rows[:MAX_ITEMS], ("all", ".to_frame(); picture: .plot()")],
         )
 
@@ -175,12 +175,13 @@ def factorize(
     *,
     k: int | None = None,
     kinds: tuple[Kind, ...] | None = None,
-    scorer: Scorer = "patch",
+    method: Scorer = "patch",
     ablation: Ablation = "mean",
     reference: Reference | None = None,
     k_max: int | None = None,
     progress: bool = False,
     checkpoint: str | Path | None = None,
+    scorer: Scorer | None = None,
 ) -> Factorization:
     """Candidate sub-models across ``tasks``: NMF of per-prompt effects, each factor validated by ablation.
 
@@ -189,8 +190,9 @@ def factorize(
         tasks: the behaviours (distinct names, the model's vocabulary); every prompt of every
             task is a row of the effect matrix.
         k: the number of sub-models; None chooses it by held-out cross-validation.
-        kinds: component kinds (default: heads, and neurons where the model has MLPs).
-        scorer: per-prompt effects by exact noising patching (``"patch"``) or attribution
+        kinds: component kinds (default: heads, and neurons where the model has MLPs: a whole
+            MLP layer serves many behaviours, so it would sit in every part and blur the factors).
+        method: per-prompt effects by exact noising patching (``"patch"``) or attribution
             (``"atp"``, ``"ig"``: one forward and backward, for big models).
         ablation: how a part is ablated to choose its members and validate it.
         reference: prompts for mean ablation (default: every task's corrupt prompts).
@@ -199,6 +201,7 @@ def factorize(
         checkpoint: a folder for the scoring sweeps' checkpoints (one file per task, see
             :func:`tl_submodels.patch`): an interrupted factorize resumes its scoring from them;
             the factorisation and validation after it are rerun (they are deterministic).
+        scorer: the old name of ``method`` (deprecated).
 
     Inside an initialised ``torch.distributed`` process group the scoring is shared out over
     the ranks; every rank then factors and validates the same matrix and returns the same result.
@@ -218,8 +221,11 @@ def factorize(
     """
     info = tlmodel.check_model(model, ())
     tasks = check_tasks(tasks, info.d_vocab)
-    if scorer not in ("patch", "atp", "ig"):
-        raise TLSubmodelsError(f"unknown scorer {scorer!r}: choose 'patch', 'atp' or 'ig'")
+    if scorer is not None:
+        renamed("factorize(scorer=...)", "factorize(method=...)")
+        method = scorer
+    if method not in ("patch", "atp", "ig"):
+        raise TLSubmodelsError(f"unknown method {method!r}: choose 'patch', 'atp' or 'ig'")
     kinds = kinds or (("heads", "neurons") if info.has_mlps else ("heads",))
     device = tlmodel.first_param_device(model)
     tasks = [t.to(device) for t in tasks]
@@ -230,11 +236,11 @@ def factorize(
     # the columns: each kind's [layer, unit] tensor flattened, layer-major
     components = [c for kind in kinds for c in info.components((kind,))]
     for t in tqdm(tasks, desc="scoring tasks", disable=not progress):
-        ckpt = None if checkpoint is None else Path(checkpoint) / f"{scorer}-{t.name}.ckpt"
-        if scorer == "patch":
+        ckpt = None if checkpoint is None else Path(checkpoint) / f"{method}-{t.name}.ckpt"
+        if method == "patch":
             s = patch(model, t, kinds=kinds, direction="noising", per_example=True, checkpoint=ckpt)
         else:
-            s = attribute(model, t, method=scorer, kinds=kinds, direction="noising", per_example=True, checkpoint=ckpt)
+            s = attribute(model, t, method=method, kinds=kinds, direction="noising", per_example=True, checkpoint=ckpt)
         assert s.per_example is not None
         block = torch.cat([s.per_example[kind].reshape(t.batch, -1) for kind in kinds], 1)
         # every task weighs the same in the factorisation: its rows' mean L2 norm is 1
@@ -287,7 +293,7 @@ def factorize(
         core = _choose_members(runs, h, j, components, share[j], base_acc)
         extent = _extent(runs, h, j, components, core, names.index(labels[j]))
         name = labels[j] if labels.count(labels[j]) == 1 else f"{labels[j]}-{labels[: j + 1].count(labels[j])}"
-        how = f"({scorer} effects, NMF), {ablation}-ablation-validated; {float(share[j].max()):.0%} of its use is on {labels[j]!r}"
+        how = f"({method} effects, NMF), {ablation}-ablation-validated; {float(share[j].max()):.0%} of its use is on {labels[j]!r}"
         parts.append(SubModel(components=extent, name=name, description=f"factorize: factor {j} of {k} {how}"))
         cores.append(
             SubModel(
@@ -316,7 +322,7 @@ def factorize(
         k_errors=k_errors,
         k_error_se=k_error_se,
         ablation=ablation,
-        scorer=scorer,
+        method=method,
         cores=cores,
     )
 

@@ -404,7 +404,7 @@ def report(
     steps.update()
 
     ids = tasks[0].clean[0] if prompt is None else prompt
-    u = usage(model, subs, ids, ablation=ablation, reference=reference)
+    u = usage(model, ids, subs, ablation=ablation, reference=reference)
     ex = explain(model, ids, subs, ablation=ablation, reference=reference)
     rep.add(
         "usage",

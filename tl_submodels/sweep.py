@@ -60,7 +60,7 @@ def fingerprint_task(task: Any) -> str:
     if fn is not None:  # a custom metric: its code identity (a changed function body changes the hash)
         code = getattr(fn, "__code__", None)
         h.update((getattr(fn, "__qualname__", repr(fn)) + repr(code.co_code if code else None)).encode())
-    for t in (task.clean, task.corrupt, task.answer, task.wrong, task.position, task.reference):
+    for t in (task.clean, task.corrupt, task.answer, task.wrong, task.position, task.clean_logits):
         if t is not None:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     if getattr(task, "multi_position", False):  # several reads per example: their [batch, n] layout too

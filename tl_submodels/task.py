@@ -22,7 +22,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.errors import TLSubmodelsError
+from tl_submodels.errors import TLSubmodelsError, renamed
 from tl_submodels.reads import (
     METRICS,
     PAD,
@@ -55,7 +55,7 @@ class Task:
         position: where the metric reads the logits: ``[batch]``, or ``[batch, n]`` beside a
             ``[batch, n]`` answer (required there, padded in the same places); None for the last position.
         metric_name: one of ``logit_diff``, ``prob``, ``logprob``, ``loss``, ``kl``, or a custom metric's name.
-        reference: the clean run's logits at the read positions, ``[batch, d_vocab]`` or
+        clean_logits: the clean run's logits at the read positions, ``[batch, d_vocab]`` or
             ``[batch, n, d_vocab]`` (used by ``kl``).
         d_vocab: the model's input vocabulary; d_vocab_out: its unembedding's outputs where fewer
             (None: as many), which ``answer`` and ``wrong`` must index.
@@ -77,12 +77,18 @@ class Task:
     position: Int[Tensor, " batch"] | Int[Tensor, "batch n"] | None = None
     metric_name: str = "logit_diff"
     metric_fn: MetricFn | None = field(default=None, repr=False, compare=False)
-    reference: Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"] | None = field(
+    clean_logits: Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"] | None = field(
         default=None, repr=False, compare=False
     )
     d_vocab: int
     name: str = "task"
     d_vocab_out: int | None = None
+
+    @property
+    def reference(self) -> Tensor | None:
+        """The old name of :attr:`clean_logits` (deprecated: ``reference`` now always means ablation prompts)."""
+        renamed("Task.reference", "Task.clean_logits")
+        return self.clean_logits
 
     def __post_init__(self) -> None:
         clean = _as_tokens(self.clean, "clean")
@@ -113,14 +119,14 @@ class Task:
             raise TLSubmodelsError(f"unknown metric {self.metric_name!r}: choose from {METRICS} or pass a callable")
         if self.metric_fn is None and self.metric_name == "logit_diff" and self.wrong is None:
             raise TLSubmodelsError("metric 'logit_diff' needs wrong tokens: pass wrong=..., or use metric='logprob'")
-        if self.metric_fn is None and self.metric_name == "kl" and self.reference is None:
+        if self.metric_fn is None and self.metric_name == "kl" and self.clean_logits is None:
             raise TLSubmodelsError(
                 "metric 'kl' needs the clean run's logits: build the task with Task.from_tokens(model, ...)"
             )
-        ref = self.reference
+        ref = self.clean_logits
         if ref is not None and self.multi_position and (ref.ndim != 3 or tuple(ref.shape[:2]) != tuple(answer.shape)):
             raise TLSubmodelsError(
-                f"reference must be the clean run's logits at every read, [batch, n, d_vocab] = [{batch}, "
+                f"clean_logits must be the clean run's logits at every read, [batch, n, d_vocab] = [{batch}, "
                 f"{answer.shape[1]}, d_vocab]; got {list(ref.shape)}: build the task with Task.from_tokens"
             )
 
@@ -194,7 +200,7 @@ class Task:
             )
         if needs_reference:
             ref = task.final_logits(tlmodel.run_logits(model, task.clean))
-            task = task.replace(metric_name="kl", reference=ref)
+            task = task.replace(metric_name="kl", clean_logits=ref)
         return task
 
     @classmethod
@@ -294,7 +300,7 @@ class Task:
         idx = torch.arange(self.batch)[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         pick = {
             k: getattr(self, k)[idx.to(self.clean.device)]
-            for k in ("clean", "corrupt", "answer", "wrong", "position", "reference")
+            for k in ("clean", "corrupt", "answer", "wrong", "position", "clean_logits")
             if getattr(self, k) is not None
         }
         return self.replace(**pick)
@@ -410,7 +416,9 @@ class Task:
         else:
             answer, reads = tile(self.answer), tile(self.reads)
             assert answer is not None and reads is not None
-            out = builtin_metric(self.metric_name, final_logits, answer, tile(self.wrong), tile(self.reference), reads)
+            out = builtin_metric(
+                self.metric_name, final_logits, answer, tile(self.wrong), tile(self.clean_logits), reads
+            )
         if torch.isnan(out).any():
             raise TLSubmodelsError(
                 f"metric {self.metric_name!r} returned NaN for {int(torch.isnan(out).sum())} of {rows} rows"
@@ -427,7 +435,7 @@ class Task:
             answer=rep(self.answer),
             wrong=rep(self.wrong),
             position=rep(self.position),
-            reference=rep(self.reference),
+            clean_logits=rep(self.clean_logits),
         )
 
     def metric(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
@@ -484,7 +492,7 @@ class Task:
         """The task with its tensors on ``device``."""
         moved = {
             k: getattr(self, k).to(device)
-            for k in ("clean", "corrupt", "answer", "wrong", "position", "reference")
+            for k in ("clean", "corrupt", "answer", "wrong", "position", "clean_logits")
             if getattr(self, k) is not None
         }
         return self.replace(**moved)

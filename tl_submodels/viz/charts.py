@@ -191,7 +191,7 @@ def usage_positions(usage: Any, *, title: str | None = None) -> go.Figure:
     """A Usage (one prompt) as a sub-model x position heat map, columns labelled by the tokens.
 
     Example:
-        >>> fig = tls.viz.usage_positions(tls.usage(model, parts, prompt, reference=ref))  # doctest: +SKIP
+        >>> fig = tls.viz.usage_positions(tls.usage(model, prompt, parts, reference=ref))  # doctest: +SKIP
     """
     for attr in ("values", "tokens", "parts", "target"):
         if not hasattr(usage, attr):
@@ -207,7 +207,7 @@ def plot_usage(usage: Any) -> go.Figure:
     """The main picture of a Usage: :func:`usage_positions` (what ``Usage.plot()`` draws).
 
     Example:
-        >>> fig = tls.viz.plot_usage(tls.usage(model, parts, prompt, reference=ref))  # doctest: +SKIP
+        >>> fig = tls.viz.plot_usage(tls.usage(model, prompt, parts, reference=ref))  # doctest: +SKIP
     """
     return usage_positions(usage)
 

@@ -50,7 +50,7 @@ def usage_tokens(usage: Any) -> RenderedHTML:
     Hover a token for every sub-model's value; click a sub-model's name to colour by it.
 
     Example:
-        >>> tls.viz.usage_tokens(tls.usage(model, parts, prompt, reference=ref))  # doctest: +SKIP
+        >>> tls.viz.usage_tokens(tls.usage(model, prompt, parts, reference=ref))  # doctest: +SKIP
     """
     if not hasattr(usage, "values") or not hasattr(usage, "tokens"):
         raise TLSubmodelsError(f"usage_tokens needs a Usage (from tls.usage); got {type(usage).__name__}")
