@@ -143,10 +143,10 @@ pd.DataFrame(
             "part": part.name,
             "components": " ".join(str(c) for c in sorted(part)),
             "score": round(score, 2),
-            "harmless: own task acc": "{full:.2f} -> {ablated:.2f}".format(**v["a"][part.name]),
-            "harmful: own task acc": "{full:.2f} -> {ablated:.2f}".format(**v["b"][part.name]),
+            "harmless: own task acc": "{0.full:.2f} -> {0.ablated:.2f}".format(diff.accuracy(i, "a", part.name)),
+            "harmful: own task acc": "{0.full:.2f} -> {0.ablated:.2f}".format(diff.accuracy(i, "b", part.name)),
         }
-        for part, v, score in zip(diff.parts, diff.validation, diff.scores, strict=True)
+        for i, (part, score) in enumerate(zip(diff.parts, diff.scores, strict=True))
     ]
 )
 

@@ -256,11 +256,11 @@ def main() -> int:
     from tl_submodels import patching as tls_patching
 
     def timed(prefix: bool, prune: bool, fast: bool = True) -> tuple[float, tls.Scores]:
-        tls_patching._TRICKS.update(prefix_reuse=prefix, prune_last_layer=prune)
+        tls_patching.TRICKS.update(prefix_reuse=prefix, prune_last_layer=prune)
         try:
             seconds, _, (scores, _) = best_of(lambda: run_ours(model, task, kinds="heads", fast=fast))
         finally:
-            tls_patching._TRICKS.update(prefix_reuse=True, prune_last_layer=True)
+            tls_patching.TRICKS.update(prefix_reuse=True, prune_last_layer=True)
         return seconds, scores
 
     hooks_s, hooks_scores = timed(True, True, fast=False)

@@ -98,17 +98,22 @@ def test_factorize_explain_diff_on_zoo_models(tmp_path, capsys):
     assert main([*args, "--k", "2", "--json", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["k"] == 2 and len(result["parts"]) == 2
-    files = sorted(out.glob("*.json"))
+    files = sorted(f for f in out.glob("*.json") if f.name != "factorization.json")
     assert len(files) == 2 and all(tls.SubModel.load(f) for f in files)
+    saved = tls.Factorization.from_dict(json.loads((out / "factorization.json").read_text()))
+    assert {p.name for p in saved.parts} == {f.stem for f in files} and saved.purity == result["purity"]
     prompt = "ADD w1 n3 w2 w5 n4 w3 w1 w2 w2 w5 w6 w7 w8 ="
     assert main(["explain", "--model", "multitask-3l", "--prompt", prompt, "--part", str(files[0]),
                  "--reference", "addition", "--json"]) == 0  # fmt: skip
-    rows = json.loads(capsys.readouterr().out)["rows"]
-    assert rows[0]["ablated"] == "full" and rows[0]["top"][0][0] == "n7"
+    printed = json.loads(capsys.readouterr().out)
+    rows = printed["rows"]
+    assert rows[0]["ablated"] == "full" and rows[0]["top"][0]["token"] == "n7"
+    assert tls.Explanation.from_dict(printed).top() == "n7"
     assert main(["diff", "--model-a", "harmless-3l", "--model-b", "harmful-3l", "--task", "backdoor",
                  "--task", "addition", "--n", "32", "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["top"] and {"component", "task", "effect_b_minus_a"} <= set(result["top"][0])
+    assert str(tls.ModelDiff.from_dict(result["diff"]).ranking[0].component) == result["top"][0]["component"]
 
 
 def test_jsonl_tasks(tmp_path, capsys):

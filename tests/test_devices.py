@@ -57,7 +57,7 @@ def test_attribution_leaves_live_on_the_activations_device(mlp_model, mlp_task):
             raise StopIteration  # only the hook functions are wanted, not a forward
 
     with pytest.raises(StopIteration):
-        attribution._gradients(Recorder(), mlp_task, torch.arange(mlp_task.batch), mlp_task.corrupt,
+        attribution.site_gradients(Recorder(), mlp_task, torch.arange(mlp_task.batch), mlp_task.corrupt,
                                {name: acts[name]}, seen=seen)  # fmt: skip
     (hook_name, fn), = hooks  # fmt: skip
     out = fn(acts[name].to("meta"), None)

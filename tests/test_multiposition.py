@@ -99,7 +99,7 @@ def test_the_fast_path_without_its_shortcuts(mlp_model, monkeypatch, tricks):
     """The last layer over every position, or no reused prefix: the same numbers, still on the fast path."""
     task, *_ = mlp_reads(mlp_model, ragged=True)
     want = tls.patch(mlp_model, task, kinds=KINDS)
-    monkeypatch.setattr(tlpatching, "_TRICKS", {**tlpatching._TRICKS, **tricks})
+    monkeypatch.setattr(tlpatching, "TRICKS", {**tlpatching.TRICKS, **tricks})
     got = no_warnings(lambda: tls.patch(mlp_model, task, kinds=KINDS))
     for kind in KINDS:
         assert (getattr(got, f"raw_{kind}") - getattr(want, f"raw_{kind}")).abs().max() <= TOL, kind

@@ -45,7 +45,9 @@ def test_json_errors(tmp_path):
         SubModel.load(bad)
     other = tmp_path / "v2.json"
     other.write_text(json.dumps({"schema": "tl_submodels.submodel", "version": 2, "components": []}))
-    with pytest.raises(tls.TLSubmodelsError, match="version 2 is not supported"):
+    with pytest.raises(
+        tls.TLSubmodelsError, match=r"schema .tl_submodels\.submodel. version 2; this tl_submodels reads version 1"
+    ):
         SubModel.load(other)
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"heads": [1, 2]}))

@@ -128,7 +128,7 @@ def test_a_checkpoint_of_another_sweep_is_refused(mlp_model, mlp_task, tmp_path,
         next(p for p in edited.parameters() if p.ndim == 2).mul_(0.5)
     with pytest.raises(tls.TLSubmodelsError, match="differs in: model"):
         tls.patch(edited, task, checkpoint=tmp_path / "i.ckpt")
-    monkeypatch.setattr(tls, "__version__", "99.0")
+    monkeypatch.setattr(tls.version, "__version__", "99.0")
     with pytest.raises(tls.TLSubmodelsError, match="differs in: version"):
         tls.patch(mlp_model, mlp_task, kinds=("heads",), checkpoint=ckpt)
     monkeypatch.undo()

@@ -30,8 +30,7 @@ from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
 from tl_submodels.trace import Trace, trace
-
-__version__ = "0.1.0"
+from tl_submodels.version import __version__
 
 __all__ = [
     "MLP",

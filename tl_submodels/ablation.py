@@ -27,7 +27,20 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.components import MLP, Component, Head, Kind, Neuron, parse_component
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.submodel import SubModel
+
+__all__ = [
+    "ABLATIONS",
+    "CACHE_MB",
+    "FAST_TOLERANCE",
+    "AblatedRuns",
+    "Ablation",
+    "Ablator",
+    "HookFn",
+    "Reference",
+    "ablated",
+    "ablation_hooks",
+    "complement",
+]
 
 Ablation = Literal["zero", "mean", "resample", "patch"]
 ABLATIONS: tuple[Ablation, ...] = ("zero", "mean", "resample", "patch")
@@ -37,7 +50,7 @@ HookFn = Callable[..., Tensor]
 Reference = Int[Tensor, "batch pos"] | list[Tensor]
 
 
-def complement(model: Any, sub: SubModel | Iterable[Component | str]) -> list[Component]:
+def complement(model: Any, sub: Iterable[Component | str]) -> list[Component]:
     """Every component of the model outside ``sub``: the part that ``keep_only`` ablates.
 
     Heads not in ``sub``; for each layer's MLP: nothing if ``MLP{l}`` is kept, the other neurons if
@@ -64,7 +77,7 @@ def complement(model: Any, sub: SubModel | Iterable[Component | str]) -> list[Co
 
 def ablation_hooks(
     model: Any,
-    sub: SubModel | Iterable[Component | str],
+    sub: Iterable[Component | str],
     *,
     ablation: Ablation = "zero",
     reference: Reference | None = None,
@@ -165,7 +178,7 @@ class Ablator:
             )
         self._ref_acts: dict[str, Tensor] = {}
 
-    def targets(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[Component]:
+    def targets(self, sub: Iterable[Component | str], *, keep_only: bool = False) -> list[Component]:
         """The components that ablating ``sub`` (or keeping only it) replaces, checked against the model.
 
         Example:
@@ -177,7 +190,7 @@ class Ablator:
             self.info.check_component(c)
         return complement(self.model, comps) if keep_only else comps
 
-    def hooks(self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
+    def hooks(self, sub: Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
         """``fwd_hooks`` that ablate ``sub`` (or its complement with ``keep_only``)."""
         targets = self.targets(sub, keep_only=keep_only)
         if not targets:
@@ -187,7 +200,7 @@ class Ablator:
         for c in targets:
             groups[(c.kind, c.layer)].append(c)
         names = {tlmodel.site_hook(kind, layer): (kind, layer) for kind, layer in groups}
-        ref_acts = self._reference({kind for kind, _ in groups}, list(names))
+        ref_acts = self.reference_activations({kind for kind, _ in groups}, list(names))
         return [
             (
                 name,
@@ -211,9 +224,9 @@ class Ablator:
                 f"{self.ablation!r}{' per position' if self.per_position else ''}"
             )
         kinds = {self.info.site_kind(n) for n in names}
-        return self._reference(kinds, names)
+        return self.reference_activations(kinds, names)
 
-    def _reference(self, kinds: set[Kind], names: list[str]) -> dict[str, Tensor]:
+    def reference_activations(self, kinds: set[Kind], names: list[str]) -> dict[str, Tensor]:
         """The reference run's activations (means, for mean ablation) at ``names``, computed once."""
         if not self.refs:
             return {}
@@ -280,7 +293,7 @@ class AblatedRuns:
         self._plan(list(range(len(self.tasks))))  # checks the weight-level forward against the model's logits
 
     def finals(
-        self, sub: SubModel | Iterable[Component | str], *, keep_only: bool = False, only: Iterable[int] | None = None
+        self, sub: Iterable[Component | str], *, keep_only: bool = False, only: Iterable[int] | None = None
     ) -> list[Tensor]:
         """Each task's read logits (``Task.final_logits`` of its clean run) with ``sub`` ablated (or
         everything but ``sub``, ``keep_only``); ``only``: those tasks' (by index), in that order.
@@ -316,14 +329,14 @@ class AblatedRuns:
             out.update(zip(v.index, finals.split(v.sizes), strict=True))
         return [out[i] for i in wanted]
 
-    def metrics(self, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> list[float]:
+    def metrics(self, sub: Iterable[Component | str], **kwargs: Any) -> list[float]:
         """Each task's metric with ``sub`` ablated (takes the arguments of :meth:`finals`)."""
         wanted = list(range(len(self.tasks)) if kwargs.get("only") is None else kwargs["only"])
         return [
             float(self.tasks[i].per_example(f).mean()) for i, f in zip(wanted, self.finals(sub, **kwargs), strict=True)
         ]
 
-    def accuracies(self, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> list[float]:
+    def accuracies(self, sub: Iterable[Component | str], **kwargs: Any) -> list[float]:
         """Each task's top-1 accuracy with ``sub`` ablated (takes the arguments of :meth:`finals`)."""
         wanted = list(range(len(self.tasks)) if kwargs.get("only") is None else kwargs["only"])
         return [self.tasks[i].read_accuracy(f) for i, f in zip(wanted, self.finals(sub, **kwargs), strict=True)]
@@ -534,7 +547,7 @@ def _unit(c: Component) -> int:
 
 
 @contextmanager
-def ablated(model: Any, sub: SubModel | Iterable[Component | str], **kwargs: Any) -> Iterator[Any]:
+def ablated(model: Any, sub: Iterable[Component | str], **kwargs: Any) -> Iterator[Any]:
     """Run anything on ``model`` with ``sub`` ablated; hooks are removed on exit, also on error.
 
     Takes the keyword arguments of :func:`ablation_hooks`. Delegates to ``model.hooks``.

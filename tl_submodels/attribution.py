@@ -27,9 +27,11 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap
+from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap, sides
 from tl_submodels.sweep import Sweep, distributed, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
+
+__all__ = ["Method", "attribute"]
 
 Method = Literal["atp", "ig"]
 
@@ -95,7 +97,8 @@ def attribute(
         raise TLSubmodelsError(f"steps must be a positive number of interpolation steps, got {steps}")
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     check_budget(batch_size, max_memory_mb)
-    base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
+    side = sides(task, direction)
+    base_tokens, source_tokens = side.base, side.source
     sites = [(kind, layer) for layer in range(info.n_layers) for kind in kinds]
     names = [tlmodel.site_hook(kind, layer) for kind, layer in sites]
     site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
@@ -170,7 +173,7 @@ def attribute(
             if method == "atp":
                 group = site_groups[what]
                 seen: dict[str, Tensor] = {}  # the base run's activations and metric, from this forward
-                grads = _gradients(model, task, idx, base_tokens, {n: None for n in group}, seen=seen)
+                grads = site_gradients(model, task, idx, base_tokens, {n: None for n in group}, seen=seen)
                 result = {n: reduce(site_kind[n], (source[n] - seen[n]) * grads[n]).cpu() for n in group}
                 metrics = {**metrics, "base": seen["metric"].cpu()}
             else:
@@ -180,7 +183,7 @@ def attribute(
                 local = torch.arange(len(idx)).repeat(len(a))
                 scale = a.repeat_interleave(len(idx)).view(-1, *[1] * (delta.ndim - 1))
                 value = base[name][local] + scale * delta[local]
-                grads = _gradients(model, task, idx.repeat(len(a)), base_tokens, {name: value}, copies=len(a))
+                grads = site_gradients(model, task, idx.repeat(len(a)), base_tokens, {name: value}, copies=len(a))
                 total = grads[name].view(len(a), len(idx), *delta.shape[1:]).sum(0)
                 result = {name: reduce(site_kind[name], delta * total).cpu()}
             if i == first_of[ci]:  # a chunk's first item keeps the chunk's metrics
@@ -203,14 +206,14 @@ def attribute(
     firsts = [done[first_of[ci]]["metrics"] for ci in range(len(chunks))]
     base_value = float(torch.cat([m["base"] for m in firsts]).mean())
     source_value = float(torch.cat([m["source"] for m in firsts]).mean())
-    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
+    clean_value, corrupt_value = side.clean_corrupt(base_value, source_value)
     gap = metric_gap(task, clean_value, corrupt_value)
 
     per_kind: dict[str, Tensor] = {
         kind: torch.stack([each[tlmodel.site_hook(kind, layer)] for layer in range(info.n_layers)], dim=1).detach()
         for kind in kinds
     }  # [batch, layer, ...]
-    sign = 1.0 if direction == "denoising" else -1.0
+    sign = side.sign
     out = {k: per_kind[k].mean(0) if k in per_kind else None for k in ("heads", "neurons", "mlps")}
     raw = {k: None if v is None else base_value + v for k, v in out.items()}
     norm = {k: None if v is None else sign * v / gap for k, v in out.items()}
@@ -293,7 +296,7 @@ def _by_memory(
     return groups
 
 
-def _gradients(
+def site_gradients(
     model: Any,
     task: Task,
     idx: Tensor,

@@ -23,6 +23,8 @@ from tl_submodels.cli_words import (
 )
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["MODEL_HELP", "TASK_HELP", "main"]
+
 MODEL_HELP = (
     "a zoo model name (`tl-submodels zoo list`), a checkpoint folder (config.json + weights.safetensors in "
     "HookedTransformer layout [+ tokenizer.json]), a HuggingFace folder as save_pretrained writes it (config.json "
@@ -288,6 +290,7 @@ def _factorize(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for p in f.parts:
             p.save(args.out / f"{p.name}.json")
+        (args.out / "factorization.json").write_text(_dumps(f.to_dict()))  # tls.Factorization.from_dict reads it
     frame = f.to_frame()
     if args.json:
         print(_dumps({"k": len(f.parts), "k_errors": f.k_errors, "k_error_se": f.k_error_se, "purity": f.purity,
@@ -326,7 +329,7 @@ def _explain(args: argparse.Namespace) -> int:
     reference = [t.corrupt for t in _tasks(args.model, model, args.reference, args.n, 0)]
     ex = tls.explain(model, args.prompt, parts, k=args.k, reference=reference)
     if args.json:
-        print(_dumps({"tokens": ex.tokens, "rows": ex.rows}, indent=2))
+        print(_dumps(ex.to_dict(), indent=2))  # tls.Explanation.from_dict reads it
         return 0
     print(ex)
     return 0
@@ -344,7 +347,7 @@ def _diff(args: argparse.Namespace) -> int:
     d = tls.diff(a, b, tasks, progress=True)
     top = [{"component": str(c), "task": t, "effect_b_minus_a": v} for c, t, v in d.ranking[: args.top]]
     if args.json:
-        print(_dumps({"top": top, "parts": d.to_frame().to_dict(orient="records")}, indent=2))
+        print(_dumps({"top": top, "parts": d.to_frame().to_dict(orient="records"), "diff": d.to_dict()}, indent=2))
         return 0
     table = Table(title=f"components whose effects differ: {args.model_b} minus {args.model_a}", caption=DIFF_LEGEND)
     for col in ("component", "task", "effect b - a", "/ task gap"):

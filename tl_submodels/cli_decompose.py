@@ -12,6 +12,8 @@ from typing import Any
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["add_parser", "read_corpus", "run"]
+
 
 def add_parser(sub: Any, model_help: str) -> None:
     """Register the ``decompose`` subcommand on ``sub`` (argparse subparsers)."""

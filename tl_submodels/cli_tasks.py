@@ -15,6 +15,8 @@ from typing import Any
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.task import Task
 
+__all__ = ["jsonl_task"]
+
 
 def jsonl_task(model: Any, path: Path) -> Task:
     """A Task from a JSONL file of {clean, corrupt, answer[, wrong][, position]} rows (schema in the README).

@@ -11,6 +11,8 @@ from typing import Any
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["add_parser", "run"]
+
 
 def add_parser(sub: Any, model_help: str) -> None:
     """Register the ``trace`` subcommand on ``sub`` (argparse subparsers)."""

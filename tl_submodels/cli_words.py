@@ -6,6 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "DIFF_LEGEND",
+    "ESTIMATE_LEGEND",
+    "EVALUATION_LEGEND",
+    "FACTORIZE_LEGEND",
+    "SCORE_LEGEND",
+    "in_words",
+    "outside_unit_notes",
+]
+
 SCORE_LEGEND = (
     "score: the share of the clean-corrupt metric gap restored when only this component's clean activation is "
     "patched into the corrupt run (1: all of it; below 0 or above 1 where components interact); raw metric: the "

@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["KINDS", "MLP", "Component", "Head", "Kind", "Neuron", "check_kinds", "parse_component"]
+
 Kind = Literal["heads", "neurons", "mlps"]
 KINDS: tuple[Kind, ...] = ("heads", "neurons", "mlps")
 

@@ -62,6 +62,8 @@ from tl_submodels.tokeneffects import (
     token_effects,
 )
 
+__all__ = ["CORE_SLACK", "CO_USAGE", "EVAL_PREDICTIONS", "MIN_GAP", "ROW_FLOOR", "decompose"]
+
 ROW_FLOOR = 0.1  # rows below this fraction of the 99th percentile of the rows' norms are not factorised
 CO_USAGE = 0.5  # k stops before two factors' usage columns have a larger cosine
 EVAL_PREDICTIONS = 64  # predictions per part used to choose cores and extents

@@ -16,13 +16,24 @@ from tl_submodels.components import Component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SCHEMA as SUBMODEL_SCHEMA
 from tl_submodels.submodel import SubModel
+from tl_submodels.values import Value
+
+__all__ = [
+    "PART_SCHEMA",
+    "PART_SCHEMA_VERSION",
+    "Context",
+    "Decomposition",
+    "PartEvaluation",
+    "load_parts",
+    "model_shape",
+]
 
 PART_SCHEMA = "tl_submodels.part"
 PART_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
-class PartEvaluation:
+class PartEvaluation(Value):
     """One part validated by ablation on the predictions that use it and on all the others.
 
     ``faithfulness``: keeping only the extent (the rest ablated) restores this fraction of the
@@ -60,7 +71,7 @@ class Context:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Decomposition:
+class Decomposition(Value):
     """Parts of what a model does on a corpus, with the predictions that use them and their validation.
 
     Attributes:

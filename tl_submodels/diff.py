@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -37,42 +37,76 @@ from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import MAX_ITEMS, listed, summary_text
 from tl_submodels.task import Task, check_tasks
+from tl_submodels.values import Value, register
+
+__all__ = ["ALONE_ELSEWHERE", "ARCH_FIELDS", "CANDIDATES", "AccuracyChange", "Difference", "ModelDiff", "diff"]
 
 ARCH_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp", "d_vocab")
 CANDIDATES = 32  # a task's part is chosen from its 32 most differing components (of the top 128) ...
 ALONE_ELSEWHERE = 0.1  # ... that, ablated alone, change no other task's accuracy by more than this in either model
 
 
+class Difference(NamedTuple):
+    """One ranked (component, task) pair of a :class:`ModelDiff`: the effect in model b minus model a."""
+
+    component: Component
+    task: str
+    difference: float  # effect_b - effect_a, in the task's metric units
+
+
+class AccuracyChange(NamedTuple):
+    """A part's validation in one model on one task: the task's accuracy unablated and with the part ablated."""
+
+    model: str  # "a" or "b"
+    task: str
+    full: float
+    ablated: float
+
+
+register("record:Difference", Difference)
+register("record:AccuracyChange", AccuracyChange)
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelDiff:
+class ModelDiff(Value):
     """Components and sub-models whose effects differ between two models.
 
     Attributes:
         components: every scored component.
         effects_a, effects_b: ``[task, component]`` noising effect (clean metric minus the
             metric with the component patched from the corrupt run), in metric units.
-        ranking: ``(component, task, effect_b - effect_a)``, largest ``|difference|`` first
-            (over tasks scaled by their larger clean-corrupt gap).
+        ranking: :class:`Difference` records ``(component, task, difference = effect_b - effect_a)``,
+            largest ``|difference|`` first (over tasks scaled by their larger clean-corrupt gap).
         parts: one SubModel per task where the models differ, named ``"{task}"``.
-        validation: per part, per model (``"a"``/``"b"``), per task: accuracy unablated and ablated.
+        validation: per part, an :class:`AccuracyChange` per model (``"a"``/``"b"``) and task: the
+            task's accuracy unablated and with the part ablated (``.accuracy(i, "b", task)``).
         gaps: per task, the larger of the two models' clean-corrupt metric gaps: the ranking divides
             each difference by it, so that tasks of different metric scales compare.
 
     Example:
         >>> d = tls.diff(harmless, harmful, tasks)  # doctest: +SKIP
-        >>> d.parts[0].name, d.validation[0]["b"]["backdoor"]  # doctest: +SKIP
-        ('backdoor', {'full': 1.0, 'ablated': 0.0})
+        >>> d.parts[0].name, d.accuracy(0, "b", "backdoor")  # doctest: +SKIP
+        ('backdoor', AccuracyChange(model='b', task='backdoor', full=1.0, ablated=0.0))
     """
 
     components: list[Component]
     task_names: list[str]
     effects_a: Float[Tensor, "task component"]
     effects_b: Float[Tensor, "task component"]
-    ranking: list[tuple[Component, str, float]]
+    ranking: list[Difference]
     parts: list[SubModel]
-    validation: list[dict[str, dict[str, dict[str, float]]]]
+    validation: list[list[AccuracyChange]]
     scores: list[float]
     gaps: dict[str, float] = field(default_factory=dict)  # task -> the larger clean-corrupt gap (the ranking's scale)
+
+    def accuracy(self, part: int, model: str, task: str) -> AccuracyChange:
+        """Part ``part``'s validation in ``model`` (``"a"`` or ``"b"``) on ``task``."""
+        for v in self.validation[part]:
+            if v.model == model and v.task == task:
+                return v
+        raise TLSubmodelsError(
+            f"no validation of part {part} in model {model!r} on task {task!r}; tasks: {self.task_names}"
+        )
 
     def plot(self) -> Any:
         """The components whose effects differ most, per task (plotly); see :func:`tl_submodels.viz.diff_heatmap`.
@@ -129,12 +163,13 @@ class ModelDiff:
         import pandas as pd
 
         rows = []
-        for p, v, score in zip(self.parts, self.validation, self.scores, strict=True):
+        for i, (p, score) in enumerate(zip(self.parts, self.scores, strict=True)):
             row: dict[str, Any] = {"part": p.name, "size": len(p), "score": score}
             for m in ("a", "b"):
-                row[f"{m}: {p.name} acc"] = f"{v[m][p.name]['full']:.2f} -> {v[m][p.name]['ablated']:.2f}"
+                own = self.accuracy(i, m, p.name)
+                row[f"{m}: {p.name} acc"] = f"{own.full:.2f} -> {own.ablated:.2f}"
                 row[f"{m}: max drop elsewhere"] = max(
-                    (x["full"] - x["ablated"] for t, x in v[m].items() if t != p.name), default=0.0
+                    (x.full - x.ablated for x in self.validation[i] if x.model == m and x.task != p.name), default=0.0
                 )
             row["components"] = " ".join(str(c) for c in sorted(p))
             rows.append(row)
@@ -206,7 +241,10 @@ def diff(
     delta = eff_b - eff_a
     rel = (delta / scale).abs()
     flat = rel.flatten().argsort(descending=True).tolist()
-    ranking = [(components[i % len(components)], names[i // len(components)], float(delta.flatten()[i])) for i in flat]
+    ranking = [
+        Difference(components[i % len(components)], names[i // len(components)], float(delta.flatten()[i]))
+        for i in flat
+    ]
 
     ref = reference if reference is not None else [t.corrupt for t in tasks]
     models = {"a": model_a, "b": model_b}
@@ -281,9 +319,7 @@ def diff(
                 f"chosen by validation; score {score_:.2f}",
             )
         )
-        validation.append(
-            {m: {tn: {"full": base[m][j], "ablated": acc[m][j]} for j, tn in enumerate(names)} for m in models}
-        )
+        validation.append([AccuracyChange(m, tn, base[m][j], acc[m][j]) for m in models for j, tn in enumerate(names)])
         scores.append(score_)
     order = sorted(range(len(parts)), key=lambda i: -scores[i])
     return ModelDiff(

@@ -32,6 +32,21 @@ from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
 
+__all__ = [
+    "EXACT_CONFIRM_MIN",
+    "EXTENT_TARGET",
+    "LINEAR_SCAN",
+    "RESID_CACHE_MB",
+    "SPECIFIC",
+    "SPECIFIC_METRIC",
+    "SPECIFIC_SLACK",
+    "Method",
+    "find_circuit",
+    "grow_specific",
+    "grow_to_target",
+    "keep_only_faithfulness",
+]
+
 LINEAR_SCAN = 64
 # method="atp" patches its grown members exactly (to order and bisect them) only when there
 # are more than this many: pruning k members costs k - 1 ablated forwards in any order, fewer

@@ -28,14 +28,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.attribution import _gradients
-from tl_submodels.scores import Direction, check_scoring, metric_gap
+from tl_submodels.attribution import site_gradients
+from tl_submodels.scores import Direction, check_scoring, metric_gap, sides
 from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
+from tl_submodels.values import Value
+
+__all__ = ["Edges", "attribute_edges"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Edges:
+class Edges(Value):
     """Edge scores from writers (``L1H3``, ``MLP2``) to readers (``L2H0.q``, ``L2.attn``, ``MLP2``, ``logits``).
 
     ``scores`` is normalised by the clean-corrupt gap (denoising: the share of the gap the edge
@@ -114,7 +117,8 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
         True
     """
     info, _, task = check_scoring(model, task, None, False, direction)
-    base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
+    side = sides(task, direction)
+    base_tokens, source_tokens = side.base, side.source
     L, has_mlps = info.n_layers, info.has_mlps
     outputs = [tlmodel.hook_z(layer) for layer in range(L)] + (
         [tlmodel.hook_mlp_out(layer) for layer in range(L)] if has_mlps else []
@@ -122,7 +126,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), outputs)
     b = task.batch
     source_value, base_value = float(task.metric(both_logits[:b])), float(task.metric(both_logits[b:]))
-    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
+    clean_value, corrupt_value = side.clean_corrupt(base_value, source_value)
     gap = metric_gap(task, clean_value, corrupt_value)
 
     # Writers: what each component adds to the residual stream, source minus base: [writer, b, s, d].
@@ -155,7 +159,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
                 # an MLP reads the residual after its layer's attention, or beside it in a parallel block
                 sites.append((tlmodel.hook_mlp_in(layer), f"MLP{layer}", layer + (0.0 if ad.parallel_blocks else 0.5)))
         sites.append((tlmodel.hook_resid_post(L - 1), "logits", L + 1))
-        grads = _gradients(model, task, torch.arange(b), base_tokens, dict.fromkeys(n for n, _, _ in sites))
+        grads = site_gradients(model, task, torch.arange(b), base_tokens, dict.fromkeys(n for n, _, _ in sites))
     readers: list[str] = []
     reader_layer: list[float] = []
     per_reader = []
@@ -173,7 +177,7 @@ def attribute_edges(model: Any, task: Task, *, direction: Direction = "denoising
     raw = torch.einsum("wbsd,rbsd->wr", delta, grad.to(delta.device)).cpu()
     reachable = torch.tensor(writer_layer)[:, None] < torch.tensor(reader_layer)[None, :]
     raw = torch.where(reachable, raw, torch.full_like(raw, float("nan")))
-    sign = 1.0 if direction == "denoising" else -1.0
+    sign = side.sign
     return Edges(
         writers=writers,
         readers=readers,

@@ -9,6 +9,8 @@ import difflib
 import warnings
 from collections.abc import Iterable
 
+__all__ = ["TLSubmodelsError", "did_you_mean", "renamed"]
+
 
 class TLSubmodelsError(ValueError):
     """Bad input or an unsupported model, with a message that says what to do.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
@@ -22,10 +22,13 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
+from tl_submodels.values import Value
+
+__all__ = ["Evaluation", "evaluate"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Evaluation:
+class Evaluation(Value):
     """How well a sub-model explains a task, measured by ablation.
 
     Example:
@@ -53,9 +56,6 @@ class Evaluation:
     # member -> the faithfulness lost when only that member is left out of the kept sub-model
     # (evaluate(..., minimality=True)); a member near 0 adds nothing the others do not already carry
     minimality: dict[str, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
     def plot(self) -> Any:
         """Bars of faithfulness, necessity and accuracies (plotly); see :func:`tl_submodels.viz.evaluation_bars`.
@@ -90,6 +90,16 @@ class Evaluation:
 
     def _repr_html_(self) -> str:
         return summary_html(*self._summary())
+
+
+class _Necessity(NamedTuple):
+    """One task's metric and accuracy: full, with the sub-model removed, and with everything ablated."""
+
+    full: float
+    removed: float
+    nothing: float
+    accuracy_full: float
+    accuracy_removed: float
 
 
 def evaluate(
@@ -149,25 +159,25 @@ def evaluate(
         logits = tlmodel.run_logits(model, t.clean, hooks)
         return float(t.metric(logits)), t.accuracy(logits)
 
-    def necessity(t: Task) -> tuple[float, float, float, float, float, float]:
+    def necessity(t: Task) -> _Necessity:
         full, acc_full = run(t, [])
         removed, acc_removed = run(t, ablator.hooks(sub))
         nothing, _ = run(t, ablator.hooks([], keep_only=True))
-        denom = full - nothing
-        if abs(denom) <= 1e-6 * max(1.0, abs(full)):
+        if abs(full - nothing) <= 1e-6 * max(1.0, abs(full)):
             raise TLSubmodelsError(
                 f"task {t.name!r}: ablating every component leaves the metric at {full:.4g}: nothing to attribute. "
                 "Try another ablation or reference."
             )
-        return full, removed, nothing, denom, acc_full, acc_removed
+        return _Necessity(full, removed, nothing, acc_full, acc_removed)
 
-    full, removed, nothing, denom, acc_full, acc_removed = necessity(task)
+    own = necessity(task)
+    full, removed, nothing, denom = own.full, own.removed, own.nothing, own.full - own.nothing
     kept, acc_kept = run(task, ablator.hooks(sub, keep_only=True))
     specificity, drops = {}, {}
     for t in others:
-        f, r, _, d, a_full, a_removed = necessity(t.to(task.clean.device))
-        specificity[t.name] = (f - r) / d
-        drops[t.name] = a_full - a_removed
+        n = necessity(t.to(task.clean.device))
+        specificity[t.name] = (n.full - n.removed) / (n.full - n.nothing)
+        drops[t.name] = n.accuracy_full - n.accuracy_removed
     info = tlmodel.model_info(model)
     least: dict[str, float] | None = None
     if minimality:
@@ -187,9 +197,9 @@ def evaluate(
         metric_kept=kept,
         metric_ablated=removed,
         metric_all_ablated=nothing,
-        accuracy_full=acc_full,
+        accuracy_full=own.accuracy_full,
         accuracy_kept=acc_kept,
-        accuracy_ablated=acc_removed,
+        accuracy_ablated=own.accuracy_removed,
         ablation=ablation,
         submodel=sub.name,
         task=task.name,

@@ -10,9 +10,9 @@ predictions side by side, with the probability moved and the KL divergence from 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -22,83 +22,17 @@ from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
 from tl_submodels.components import Head, Neuron
 from tl_submodels.errors import TLSubmodelsError, renamed
+from tl_submodels.inputs import Parts, ablator_for, checked_parts, looks_like_parts
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import MAX_ITEMS, listed, summary_html, summary_text
 from tl_submodels.task import Task
+from tl_submodels.values import Value, register
 
-Parts = Sequence[SubModel] | Mapping[str, SubModel] | Any  # or anything with .parts (a Factorization)
-
-
-def _parts(parts: Parts) -> list[SubModel]:
-    items = parts.parts if hasattr(parts, "parts") else parts
-    items = list(items.values()) if isinstance(items, Mapping) else list(items)
-    if not items or not all(isinstance(p, SubModel) for p in items):
-        raise TLSubmodelsError(
-            "parts must be a non-empty list of SubModels, a {name: SubModel} dict, or a Factorization; "
-            f"got {type(parts).__name__}"
-        )
-    names = [p.name for p in items]
-    if len(set(names)) != len(names):
-        raise TLSubmodelsError(f"parts need distinct names; got {names}. Rename with part.renamed('...')")
-    return items
-
-
-def _looks_like_parts(x: Any) -> bool:
-    """Whether ``x`` is sub-models (a SubModel, a list or dict of them, a Factorization), not a prompt."""
-    if isinstance(x, SubModel) or (hasattr(x, "parts") and not isinstance(x, Task)):
-        return True
-    items = list(x.values()) if isinstance(x, Mapping) else x if isinstance(x, list | tuple) else []
-    return bool(items) and all(isinstance(p, SubModel) for p in items)
-
-
-def _checked_parts(model: Any, parts: Parts, ablation: str, what: str) -> list[SubModel]:
-    """The checks usage and explain share: the ablation, the model, the parts against it."""
-    if ablation not in ("mean", "zero"):
-        raise TLSubmodelsError(f"{what} ablates with 'mean' or 'zero', got {ablation!r}")
-    tlmodel.check_model(model, ())
-    subs = _parts(parts)
-    for s in subs:
-        s.validate(model)
-    return subs
-
-
-def _prompt(model: Any, tokens: str | Tensor | Sequence[int]) -> Tensor:
-    """One prompt as ``[1, pos]`` token ids on the model's device."""
-    ids = torch.tensor([tlmodel.tokenize(model, tokens)]) if isinstance(tokens, str) else torch.as_tensor(tokens)
-    if ids.ndim == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.ndim != 1 or ids.numel() == 0 or ids.dtype.is_floating_point:
-        raise TLSubmodelsError(f"tokens must be one prompt: a string or token ids [pos]; got shape {list(ids.shape)}")
-    info = tlmodel.model_info(model)
-    if ids.min() < 0 or ids.max() >= info.d_vocab:
-        raise TLSubmodelsError(f"token ids must lie in 0-{info.d_vocab - 1} (d_vocab={info.d_vocab})")
-    if ids.numel() > info.n_ctx:
-        raise TLSubmodelsError(
-            f"the prompt is {ids.numel()} tokens long; the model reads at most n_ctx={info.n_ctx}: shorten it"
-        )
-    return ids.long()[None].to(tlmodel.first_param_device(model))
-
-
-def _words(model: Any, ids: Tensor) -> list[str]:
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        return [str(int(i)) for i in ids]
-    return [tok.decode([int(i)]) for i in ids]
-
-
-def _ablator(model: Any, ablation: Ablation, reference: Reference | None) -> Ablator:
-    if ablation in ("resample", "patch") and reference is None:
-        raise TLSubmodelsError(f"ablation={ablation!r} needs reference= token ids")
-    if ablation == "mean" and reference is None:
-        raise TLSubmodelsError(
-            "mean ablation needs reference= prompts to take the means over (e.g. task.corrupt, or a list of "
-            "several tasks' prompts); or use ablation='zero'"
-        )
-    return Ablator(model, ablation=ablation, reference=None if ablation == "zero" else reference)
+__all__ = ["Explanation", "Prediction", "Run", "Usage", "explain", "usage"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Usage:
+class Usage(Value):
     """How much each sub-model contributes at each position of one prompt.
 
     ``values[i, p]``: the drop in the target token's logit at the last position when sub-model
@@ -181,10 +115,10 @@ def _behaviour(
             f"{task.name} ({task.metric_name})",
             -1,
         )
-    prompt = _prompt(model, tokens)
+    prompt = tlmodel.prompt_ids(model, tokens)
     full = tlmodel.run_logits(model, prompt)[0, -1]
     tid = int(full.argmax()) if target is None else _target(model, target)
-    return prompt, lambda logits: logits[0, -1, tid], reference, _words(model, torch.tensor([tid]))[0], tid
+    return prompt, lambda logits: logits[0, -1, tid], reference, tlmodel.token_words(model, torch.tensor([tid]))[0], tid
 
 
 def usage(
@@ -224,13 +158,13 @@ def usage(
     """
     if method not in ("ablation", "attribution"):
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'ablation' or 'attribution'")
-    if _looks_like_parts(tokens) and not _looks_like_parts(parts):
+    if looks_like_parts(tokens) and not looks_like_parts(parts):
         renamed("usage(model, parts, tokens)", "usage(model, tokens, parts), as explain and trace take them")
         tokens, parts = parts, tokens
-    subs = _checked_parts(model, parts, ablation, "usage")
+    subs = checked_parts(model, parts, ablation, "usage")
     prompt, objective, reference, label, tid = _behaviour(model, cast(Any, tokens), reference, target)
     seq = prompt.shape[1]
-    ablator = _ablator(model, ablation, reference)
+    ablator = ablator_for(model, ablation, reference)
     if method == "ablation":
 
         def value(hooks: list) -> float:
@@ -250,7 +184,7 @@ def usage(
         values=values,
         totals=totals,
         parts=[s.name for s in subs],
-        tokens=_words(model, prompt[0]),
+        tokens=tlmodel.token_words(model, prompt[0]),
         target=label,
         target_id=tid,
         method=method,
@@ -272,7 +206,7 @@ def _attribution(
     """(activation - ablation value) . gradient of the objective, per part and position (summed over the prompts)."""
     comps = sorted({c.without_pos() for s in subs for c in s})
     sites = sorted({tlmodel.site_hook(c.kind, c.layer) for c in comps})
-    ref = ablator._reference({c.kind for c in comps}, sites) if ablator.refs else {}
+    ref = ablator.reference_activations({c.kind for c in comps}, sites) if ablator.refs else {}
     acts: dict[str, Tensor] = {}
     leaves: dict[str, Tensor] = {}
 
@@ -309,12 +243,46 @@ def _attribution(
     return out
 
 
+class Prediction(NamedTuple):
+    """One of a run's top next-token predictions."""
+
+    token: str
+    prob: float
+
+
+register("record:Prediction", Prediction)
+
+
 @dataclass(frozen=True, kw_only=True)
-class Explanation:
+class Run(Value):
+    """One run of an :class:`Explanation`: the part ablated (``"full"``: none) and what the model then predicts.
+
+    ``run["kl"]`` reads a field as the dict rows of earlier versions did.
+    """
+
+    ablated: str
+    top: list[Prediction]
+    p_full_top: float  # the probability of the full model's top token in this run
+    moved: float  # p_full_top minus the full model's: negative when the ablation takes probability from it
+    kl: float  # KL divergence from the full model's distribution (mean over the reads)
+    metric: float | None = None  # the task's metric and accuracy (explain of a Task)
+    accuracy: float | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__ or (key in ("metric", "accuracy") and getattr(self, key) is None):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__dataclass_fields__ and getattr(self, key) is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation(Value):
     """The top next-token predictions of the full model and with each sub-model ablated.
 
-    ``rows[0]`` is the full model; each row has the ablated part's name, its top-k
-    ``(token, probability)``, the probability of the full model's top token, how much it moved
+    ``rows[0]`` is the full model; each row (a :class:`Run`) has the ablated part's name, its top-k
+    ``Prediction(token, prob)``, the probability of the full model's top token, how much it moved
     (``moved``: ablated minus full, so negative when the ablation takes probability from it; the
     ``p(full top) change`` column of ``to_frame()``),
     and the KL divergence from the full model's distribution.
@@ -324,16 +292,16 @@ class Explanation:
         >>> print(ex)  # doctest: +SKIP
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[Run]
     tokens: list[str]
     ablation: str
 
     def top(self, name: str = "full") -> str:
         """The top prediction of the run ``name`` ("full" or a part's name)."""
         for r in self.rows:
-            if r["ablated"] == name:
-                return r["top"][0][0]
-        raise TLSubmodelsError(f"no run {name!r}; the runs are {[r['ablated'] for r in self.rows]}")
+            if r.ablated == name:
+                return r.top[0].token
+        raise TLSubmodelsError(f"no run {name!r}; the runs are {[r.ablated for r in self.rows]}")
 
     def plot(self) -> Any:
         """The top prediction's probability in each run, with its KL (plotly); see :func:`tl_submodels.viz.explanation_bars`.
@@ -351,15 +319,15 @@ class Explanation:
     def to_frame(self) -> Any:
         import pandas as pd
 
-        k = len(self.rows[0]["top"])
+        k = len(self.rows[0].top)
         return pd.DataFrame(
             [
                 {
-                    "ablated": r["ablated"],
-                    **{f"#{i + 1}": f"{t} ({p:.2f})" for i, (t, p) in enumerate(r["top"][:k])},
-                    "p(full top)": r["p_full_top"],
-                    "p(full top) change": r["moved"],  # negative: the ablation took probability from it
-                    "kl": r["kl"],
+                    "ablated": r.ablated,
+                    **{f"#{i + 1}": f"{t} ({p:.2f})" for i, (t, p) in enumerate(r.top[:k])},
+                    "p(full top)": r.p_full_top,
+                    "p(full top) change": r.moved,  # negative: the ablation took probability from it
+                    "kl": r.kl,
                     **{key: r[key] for key in ("metric", "accuracy") if key in r},
                 }
                 for r in self.rows
@@ -370,7 +338,7 @@ class Explanation:
         return self.to_frame().to_string(index=False)
 
     def __repr__(self) -> str:
-        runs = [(r["ablated"], r["top"][0][0], r["kl"]) for r in self.rows]
+        runs = [(r.ablated, r.top[0].token, r.kl) for r in self.rows]
         return summary_text(
             f"Explanation of {listed(self.tokens, 12)!r} ({self.ablation} ablation, {len(self.rows) - 1} runs ablated)",
             [(name, f"top {top!r}, KL {kl:.3f}") for name, top, kl in runs[:MAX_ITEMS]]
@@ -410,7 +378,7 @@ def explain(
         >>> ex.top("full"), ex.top("backdoor")  # doctest: +SKIP
         ('HARM', 'n7')
     """
-    subs = _checked_parts(model, parts, ablation, "explain")
+    subs = checked_parts(model, parts, ablation, "explain")
     by_name = {s.name: s for s in subs}
     runs = [(s.name, s) for s in subs]
     for combo in combinations:
@@ -430,8 +398,8 @@ def explain(
             raise TLSubmodelsError(f"task {task.name!r} was built for d_vocab={task.d_vocab}, not this model's")
         prompt, reference = task.clean, task.corrupt if reference is None else reference
     else:
-        prompt = _prompt(model, tokens)
-    ablator = _ablator(model, ablation, reference)
+        prompt = tlmodel.prompt_ids(model, tokens)
+    ablator = ablator_for(model, ablation, reference)
 
     def read(hooks: list) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Log-probabilities at every read ``[reads, d_vocab]`` (the first is shown), their weights, the task's numbers."""
@@ -454,15 +422,16 @@ def explain(
         top = probs.topk(k)
         kl = ((full.exp() * (full - logp)).sum(-1) * weight.to(full.device)).sum()  # mean over the reads
         rows.append(
-            {
-                "ablated": name,
-                "top": [
-                    (w, float(p)) for w, p in zip(_words(model, top.indices.cpu()), top.values.tolist(), strict=True)
+            Run(
+                ablated=name,
+                top=[
+                    Prediction(w, float(p))
+                    for w, p in zip(tlmodel.token_words(model, top.indices.cpu()), top.values.tolist(), strict=True)
                 ],
-                "p_full_top": float(probs[top_id]),
-                "moved": float(probs[top_id] - full[0, top_id].exp()),
-                "kl": float(kl),
+                p_full_top=float(probs[top_id]),
+                moved=float(probs[top_id] - full[0, top_id].exp()),
+                kl=float(kl),
                 **numbers,
-            }
+            )
         )
-    return Explanation(rows=rows, tokens=_words(model, prompt[0]), ablation=ablation)
+    return Explanation(rows=rows, tokens=tlmodel.token_words(model, prompt[0]), ablation=ablation)

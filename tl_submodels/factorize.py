@@ -59,12 +59,15 @@ from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import MAX_ITEMS, summary_text
 from tl_submodels.task import Task, check_tasks
+from tl_submodels.values import Value
+
+__all__ = ["Factorization", "Scorer", "atoms", "factorize", "refine_by_validation"]
 
 Scorer = Literal["patch", "atp", "ig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Factorization:
+class Factorization(Value):
     """Sub-models found across tasks, which prompts use them, and how each validated.
 
     Attributes:

@@ -31,6 +31,8 @@ from torch import Tensor
 
 from tl_submodels.model.adapter import StandardWeights
 
+__all__ = ["LayerAblation", "PrefixRunner", "Stage"]
+
 # Where in a layer a residual stream is taken: its entry, after attention, after the MLP.
 Stage = Literal["pre", "attn", "mlp"]
 

@@ -21,10 +21,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from safetensors.torch import load_file
-
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 from tl_submodels.model import build
+
+__all__ = [
+    "FOLDERS",
+    "HF_WEIGHTS",
+    "TOKENIZER_FILES",
+    "folder_format",
+    "from_pretrained",
+    "load_checkpoint",
+    "load_model",
+]
 
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = tuple(
@@ -52,21 +60,7 @@ def load_checkpoint(folder: str | Path, *, device: str | None = None) -> Any:
     Example:
         >>> model = tls.load_checkpoint("checkpoints/my-model")  # doctest: +SKIP
     """
-    folder = Path(folder)
-    missing = [f for f in ("config.json", "weights.safetensors") if not (folder / f).is_file()]
-    if missing:
-        raise TLSubmodelsError(
-            f"{folder} is not a checkpoint folder: it lacks {missing} (a folder needs config.json with "
-            "HookedTransformerConfig fields and weights.safetensors with a HookedTransformer state dict)"
-        )
-    cfg = _read_config(folder)
-    state = load_file(folder / "weights.safetensors")
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    return build.build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
+    return build.from_checkpoint(Path(folder), device=device)
 
 
 def folder_format(folder: str | Path) -> Literal["checkpoint", "huggingface"]:
@@ -90,7 +84,7 @@ def folder_format(folder: str | Path) -> Literal["checkpoint", "huggingface"]:
     folder = Path(folder)
     if (folder / "weights.safetensors").is_file():
         return "checkpoint"
-    cfg = _read_config(folder) if (folder / "config.json").is_file() else None
+    cfg = build.read_config(folder) if (folder / "config.json").is_file() else None
     if cfg is not None and ("model_type" in cfg or "architectures" in cfg):
         if not any((folder / f).is_file() for f in HF_WEIGHTS):
             raise TLSubmodelsError(
@@ -211,20 +205,10 @@ def _siblings(spec: str) -> list[str]:
         return []
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise TLSubmodelsError(f"{folder / 'config.json'}: not valid JSON ({e.msg})") from None
-    if not isinstance(cfg, dict):
-        raise TLSubmodelsError(f"{folder / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
-
-
 def _load_folder(folder: Path, *, device: str | None) -> Any:
     if folder_format(folder) == "checkpoint":
         return load_checkpoint(folder, device=device)
-    return build.from_hf_folder(folder, _read_config(folder), _local_tokenizer(folder), device=device)
+    return build.from_hf_folder(folder, build.read_config(folder), _local_tokenizer(folder), device=device)
 
 
 def _local_tokenizer(folder: Path) -> Any:

@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["CV_RIDGE", "HOLDOUT", "K_TOLERANCE", "NMF_ITERS", "choose_k", "nmf"]
+
 HOLDOUT = 10  # one entry in HOLDOUT is hidden when choosing k
 NMF_ITERS = 500
 # Ridge of the masked fits that choose k, as a fraction of the loss's mean curvature in one entry.

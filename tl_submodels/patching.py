@@ -28,9 +28,11 @@ from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
 from tl_submodels.model import StandardWeights
-from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap
+from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap, sides
 from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
+
+__all__ = ["BUDGET_FOR_CACHES", "CPU_ROWS", "FAST_TOLERANCE", "patch"]
 
 FAST_TOLERANCE = 1e-4
 # On a CPU, forwards of more rows than this stop fitting the caches and get slower per row
@@ -40,7 +42,7 @@ CPU_ROWS = 256
 # for the patched forwards (examples are scored in chunks when all of them do not fit).
 BUDGET_FOR_CACHES = 0.5
 # Switches for scripts/bench_patching.py, which measures what each skipped piece of work saves.
-_TRICKS = {"prefix_reuse": True, "prune_last_layer": True}
+TRICKS = {"prefix_reuse": True, "prune_last_layer": True}
 
 
 @dataclass
@@ -164,21 +166,21 @@ def patch(
     examples = {k: torch.cat([r[2][k] for r in raws]) for k in kinds}
 
     base_value, source_value = float(base_each.mean()), float(source_each.mean())
-    clean_value, corrupt_value = (source_value, base_value) if direction == "denoising" else (base_value, source_value)
+    side = sides(task, direction)
+    clean_value, corrupt_value = side.clean_corrupt(base_value, source_value)
     gap = metric_gap(task, clean_value, corrupt_value) if require_gap else clean_value - corrupt_value
     if not require_gap and abs(gap) <= 1e-6 * max(1.0, abs(clean_value)):
         gap = float("nan")
     raw: dict[str, Tensor | None] = {k: examples[k].mean(0) if k in examples else None for k in KINDS}
 
     def normalise(t: Tensor) -> Tensor:
-        return (t - corrupt_value) / gap if direction == "denoising" else (clean_value - t) / gap
+        return side.sign * (t - base_value) / gap
 
     norm = {k: None if t is None else normalise(t) for k, t in raw.items()}
 
     # Per example, the effect is measured from that example's own unpatched run.
     def normalise_each(t: Tensor) -> Tensor:
-        b = base_each.view(-1, *[1] * (t.ndim - 1))
-        return (t - b) / gap if direction == "denoising" else (b - t) / gap
+        return side.sign * (t - base_each.view(-1, *[1] * (t.ndim - 1))) / gap
 
     return Scores(
         heads=norm["heads"],
@@ -213,7 +215,7 @@ def _patch_examples(
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Patch every component on these examples: (unpatched base metric [batch], source metric [batch],
     per kind the patched metric of each example ``[batch, *score shape]``; NaN where not patched)."""
-    base_tokens, source_tokens = (task.corrupt, task.clean) if direction == "denoising" else (task.clean, task.corrupt)
+    base_tokens, source_tokens, _ = sides(task, direction)
     n_layers, seq, batch = info.n_layers, task.seq_len, task.batch
 
     sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(n_layers)]
@@ -236,7 +238,7 @@ def _patch_examples(
     # the suffix must hold every read position (the earliest over the reads, padding left out).
     ad = tlmodel.adapter(model)
     start = min(task.first_difference(), task.first_read()) if ad.causal else 0
-    start = start if _TRICKS["prefix_reuse"] else 0
+    start = start if TRICKS["prefix_reuse"] else 0
     runner = None
     if weights is not None:
 
@@ -247,7 +249,7 @@ def _patch_examples(
                 [base[tlmodel.hook_v(layer)][rows, :start] for layer in range(n_layers)],
                 start,
                 out_pos[rows.to(out_pos.device)],
-                prune_last=_TRICKS["prune_last_layer"],
+                prune_last=TRICKS["prune_last_layer"],
             )
 
         runner = make_runner(torch.arange(batch))

@@ -18,6 +18,18 @@ from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = [
+    "METRICS",
+    "PAD",
+    "as_tokens",
+    "builtin_metric",
+    "check_reads",
+    "check_token_ids",
+    "mean_over_reads",
+    "metric_values",
+    "pad_ragged",
+]
+
 METRICS = ("logit_diff", "prob", "logprob", "loss", "kl")
 PAD = -1  # marks the unused read slots of an example that reads fewer positions than others
 

@@ -39,6 +39,8 @@ from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.task import Task, check_tasks
 from tl_submodels.trace import Trace, trace
 
+__all__ = ["TOP_CONTEXTS", "TRACE_STEPS", "Report", "report"]
+
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 section { border-top: 1px solid #ddd; padding-top: 0.5em; margin-top: 1.5em; }
@@ -271,8 +273,9 @@ def report(
     from tl_submodels.discovery import find_circuit
     from tl_submodels.edges import attribute_edges
     from tl_submodels.evaluate import evaluate
-    from tl_submodels.explain import _parts, explain, usage
+    from tl_submodels.explain import explain, usage
     from tl_submodels.factorize import Factorization, factorize
+    from tl_submodels.inputs import as_parts
     from tl_submodels.patching import patch
 
     if ablation not in ("mean", "zero"):
@@ -352,7 +355,7 @@ def report(
             for t, s in zip(tasks, all_scores, strict=True)
         ]
     else:
-        subs = _parts(parts)
+        subs = as_parts(parts)
     for s in subs:
         s.validate(model)
     steps.update()
@@ -473,6 +476,6 @@ def _decomposition_report(
 
 def _add_about(rep: Report) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from tl_submodels import __version__
+    from tl_submodels.version import __version__
 
     rep.add("about", "About", f"<p class='note'>tl_submodels {__version__}, torch {torch.__version__}, {stamp}.</p>")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -27,12 +27,15 @@ from tl_submodels.model import ModelInfo
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
+from tl_submodels.values import Value, check_schema
+
+__all__ = ["Direction", "Scores", "Sides", "check_budget", "check_scoring", "json_safe", "metric_gap", "sides"]
 
 Direction = Literal["denoising", "noising"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Scores:
+class Scores(Value):
     """Per-component effects of one method on one task.
 
     Example:
@@ -40,6 +43,8 @@ class Scores:
         >>> scores.top(3)  # doctest: +SKIP
         [(Head(1, 2), 0.61), (Head(0, 3), 0.44), (Head(1, 0), 0.20)]
     """
+
+    SCHEMA_VERSION = 2  # 2: schema and version in the file (version 1 files had neither)
 
     heads: Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"] | None = None
     neurons: Float[Tensor, "layer d_mlp"] | None = None
@@ -166,7 +171,7 @@ class Scores:
         Example:
             >>> Scores.from_dict(json.loads(json.dumps(scores.to_dict())))  # doctest: +SKIP
         """
-        out: dict[str, Any] = {
+        out: dict[str, Any] = {"schema": self.schema(), "version": self.SCHEMA_VERSION} | {
             k: getattr(self, k)
             for k in ("clean_metric", "corrupt_metric", "method", "direction", "metric", "per_position", "task")
         }
@@ -179,6 +184,10 @@ class Scores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scores:
+        """Read what :meth:`to_dict` wrote (also a file ``tl-submodels scores --out`` wrote); another schema or
+        version is refused (TLSubmodelsError)."""
+        check_schema(data, cls.schema(), cls.SCHEMA_VERSION, "Scores")
+
         def tensor(key: str) -> Tensor | None:
             return None if data.get(key) is None else torch.tensor(_nan_for_none(data[key]), dtype=torch.float32)
 
@@ -250,6 +259,27 @@ def check_budget(batch_size: int | None, max_memory_mb: float) -> None:
         )
     if not max_memory_mb > 0:
         raise TLSubmodelsError(f"max_memory_mb must be a positive number of megabytes, got {max_memory_mb!r}")
+
+
+class Sides(NamedTuple):
+    """The two runs of a scorer, by direction: ``base`` is run and patched into, ``source`` gives the patched
+    activations. Denoising runs corrupt and patches in clean; noising the reverse. ``sign`` turns a change of
+    the base run's metric into an effect: ``sign * (patched - base) / gap``."""
+
+    base: Tensor
+    source: Tensor
+    sign: float
+
+    def clean_corrupt(self, base_value: float, source_value: float) -> tuple[float, float]:
+        """The clean and corrupt metric values, from the base and source runs' values."""
+        return (source_value, base_value) if self.sign > 0 else (base_value, source_value)
+
+
+def sides(task: Task, direction: Direction) -> Sides:
+    """The base and source prompts of ``task`` for ``direction`` (the one place the swap is written)."""
+    if direction == "denoising":
+        return Sides(base=task.corrupt, source=task.clean, sign=1.0)
+    return Sides(base=task.clean, source=task.corrupt, sign=-1.0)
 
 
 def metric_gap(task: Task, clean_value: float, corrupt_value: float) -> float:

@@ -16,6 +16,9 @@ from typing import Any
 from tl_submodels.components import Component, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.summary import listed, summary_html
+from tl_submodels.values import check_schema, register
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "SubModel"]
 
 SCHEMA = "tl_submodels.submodel"
 SCHEMA_VERSION = 1
@@ -167,13 +170,7 @@ class SubModel:
     @classmethod
     def from_dict(cls, data: Any) -> SubModel:
         """Inverse of :meth:`to_dict`; refuses other schemas and versions."""
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise TLSubmodelsError(f"not a tl_submodels sub-model: expected a JSON object with schema {SCHEMA!r}")
-        if data.get("version") != SCHEMA_VERSION:
-            raise TLSubmodelsError(
-                f"sub-model schema version {data.get('version')!r} is not supported; this tl_submodels reads "
-                f"version {SCHEMA_VERSION}. Re-export it with a matching tl_submodels version."
-            )
+        check_schema(data, SCHEMA, SCHEMA_VERSION, "sub-model")
         if not isinstance(data.get("components"), list):
             raise TLSubmodelsError("sub-model JSON needs a 'components' list of strings such as 'L1H3'")
         return cls(
@@ -211,3 +208,6 @@ class SubModel:
 
 def _as_submodel(x: SubModel | Iterable[Component | str]) -> SubModel:
     return x if isinstance(x, SubModel) else SubModel(components=frozenset(parse_component(c) for c in x), name="set")
+
+
+register(SCHEMA, SubModel)  # a SubModel nested in a result (a part, a circuit) reads back through its own format

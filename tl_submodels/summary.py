@@ -10,6 +10,8 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+__all__ = ["MAX_ITEMS", "listed", "summary_html", "summary_text"]
+
 MAX_ITEMS = 8  # items a summary row lists before "... (n more)"
 
 

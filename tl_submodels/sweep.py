@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from tl_submodels.errors import TLSubmodelsError
 
+__all__ = ["FORMAT", "Sweep", "distributed", "fingerprint_model", "fingerprint_task"]
+
 FORMAT = "tl_submodels.checkpoint/1"
 
 
@@ -88,7 +90,7 @@ class Sweep:
         progress: bool = False,
         unit: str = "it",
     ) -> None:
-        from tl_submodels import __version__
+        from tl_submodels.version import __version__
 
         self.n_items = n_items
         self.rank, self.world = distributed()

@@ -33,6 +33,9 @@ from tl_submodels.reads import (
     pad_ragged,
 )
 from tl_submodels.reads import as_tokens as _as_tokens
+from tl_submodels.values import Value
+
+__all__ = ["MetricFn", "Task", "check_tasks"]
 
 # A custom metric: (read logits, task) -> one value per example [batch]. The logits are [batch, d_vocab]
 # for a task that reads one position per example, [batch, n, d_vocab] for one that reads several.
@@ -40,7 +43,7 @@ MetricFn = Callable[[Tensor, "Task"], Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Task:
+class Task(Value):
     """Clean/corrupt token pairs, the answers, and the metric that scores a run.
 
     Build one with :meth:`from_tokens` or :meth:`from_prompts` (or ``tls.zoo.task``).
@@ -83,6 +86,21 @@ class Task:
     d_vocab: int
     name: str = "task"
     d_vocab_out: int | None = None
+
+    NOT_SAVED = ("metric_fn",)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tokens, answers, positions and the metric's name as JSON (see :class:`tl_submodels.values.Value`).
+
+        Raises:
+            TLSubmodelsError: for a task with a custom metric function (code cannot be written as JSON).
+        """
+        if self.metric_fn is not None:
+            raise TLSubmodelsError(
+                f"task {self.name!r} has a custom metric function, which cannot be written as JSON; save a task with "
+                "a built-in metric (metric='logit_diff', 'logprob', 'loss', 'kl', ...) and set the function after loading"
+            )
+        return super().to_dict()
 
     @property
     def reference(self) -> Tensor | None:

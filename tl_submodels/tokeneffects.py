@@ -33,6 +33,8 @@ from tl_submodels.components import Component, Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.sweep import Sweep, distributed, fingerprint_model
 
+__all__ = ["Corpus", "EffectMethod", "Positions", "PreparedCorpus", "TokenEffects", "prepare_corpus", "token_effects"]
+
 EffectMethod = Literal["atp", "ablation"]
 Corpus = Sequence[str] | Int[Tensor, "batch pos"] | Sequence[Sequence[int]] | Sequence[Tensor]
 # a bool mask [batch, pos] of the corpus' shape (checked by prepare_corpus, with a message), "last" or None

@@ -26,8 +26,11 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.explain import Parts, _ablator, _checked_parts, _prompt, _words
+from tl_submodels.inputs import Parts, ablator_for, checked_parts
 from tl_submodels.submodel import SubModel
+from tl_submodels.values import check_schema, register
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Trace", "trace"]
 
 SCHEMA = "tl_submodels.trace"
 SCHEMA_VERSION = 1
@@ -282,10 +285,7 @@ class Trace:
         Raises:
             TLSubmodelsError: another schema or version.
         """
-        if data.get("schema") != SCHEMA or data.get("version") != SCHEMA_VERSION:
-            raise TLSubmodelsError(
-                f"not a trace of schema {SCHEMA} v{SCHEMA_VERSION}: got {data.get('schema')!r} v{data.get('version')!r}"
-            )
+        check_schema(data, SCHEMA, SCHEMA_VERSION, "trace")
         steps, n_parts = len(data["tokens"]), len(data["part_names"])
         return cls(
             prompt=list(data["prompt"]),
@@ -346,8 +346,8 @@ def trace(
         >>> tr.most_used(0), tr.rerun(ablate=["backdoor"]).words  # doctest: +SKIP
         ('backdoor', ['n7'])
     """
-    subs = _checked_parts(model, parts, ablation, "trace")
-    prompt = _prompt(model, tokens)
+    subs = checked_parts(model, parts, ablation, "trace")
+    prompt = tlmodel.prompt_ids(model, tokens)
     info = tlmodel.model_info(model)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise TLSubmodelsError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
@@ -362,7 +362,7 @@ def trace(
     runner = _Runner(
         model=model,
         parts=subs,
-        ablator=_ablator(model, ablation, reference),
+        ablator=ablator_for(model, ablation, reference),
         ablation=ablation,
         max_new_tokens=max_new_tokens,
         stop=frozenset(_stop_ids(model, stop)),
@@ -429,10 +429,13 @@ def _trace(r: _Runner, prompt: Tensor, ablate: list[str], mode: str, original: l
         part_names=[p.name for p in r.parts],
         ablated=list(ablate),
         original=None if original is None else list(original),
-        words=_words(r.model, chosen.cpu()),
-        prompt_words=_words(r.model, prompt[0].cpu()),
-        counterfactual_words=[_words(r.model, row) for row in counterfactual],
+        words=tlmodel.token_words(r.model, chosen.cpu()),
+        prompt_words=tlmodel.token_words(r.model, prompt[0].cpu()),
+        counterfactual_words=[tlmodel.token_words(r.model, row) for row in counterfactual],
         mode=mode,
         ablation=r.ablation,
         _runner=r,
     )
+
+
+register(SCHEMA, Trace)

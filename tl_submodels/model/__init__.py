@@ -11,7 +11,7 @@ line. No other module of tl_submodels tests a line or a model class.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,8 +43,8 @@ __all__ = [
     "EXPECTED", "INSTALLED_LINE", "Adapter", "ModelInfo", "StandardWeights", "adapter", "build_from_tl_checkpoint",
     "check_model", "component_hook", "first_param_device", "hook_attn_reads", "hook_k", "hook_mlp_in",
     "hook_mlp_out", "hook_pattern", "hook_post", "hook_resid_mid", "hook_resid_post", "hook_resid_pre",
-    "hook_split_input", "hook_v", "hook_z", "model_info", "pad_token_id", "run_cache", "run_logits",
-    "single_token", "site_hook", "tokenize",
+    "hook_split_input", "hook_v", "hook_z", "model_info", "pad_token_id", "prompt_ids", "run_cache", "run_logits",
+    "single_token", "site_hook", "token_words", "tokenize",
 ]  # fmt: skip
 
 
@@ -105,3 +105,27 @@ def run_cache(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
     return logits, {n: cache[n] for n in wanted}
+
+
+def prompt_ids(model: Any, tokens: str | Tensor | Sequence[int]) -> Tensor:
+    """One prompt as ``[1, pos]`` token ids on the model's device."""
+    ids = torch.tensor([tokenize(model, tokens)]) if isinstance(tokens, str) else torch.as_tensor(tokens)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1 or ids.numel() == 0 or ids.dtype.is_floating_point:
+        raise TLSubmodelsError(f"tokens must be one prompt: a string or token ids [pos]; got shape {list(ids.shape)}")
+    info = model_info(model)
+    if ids.min() < 0 or ids.max() >= info.d_vocab:
+        raise TLSubmodelsError(f"token ids must lie in 0-{info.d_vocab - 1} (d_vocab={info.d_vocab})")
+    if ids.numel() > info.n_ctx:
+        raise TLSubmodelsError(
+            f"the prompt is {ids.numel()} tokens long; the model reads at most n_ctx={info.n_ctx}: shorten it"
+        )
+    return ids.long()[None].to(first_param_device(model))
+
+
+def token_words(model: Any, ids: Tensor) -> list[str]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [str(int(i)) for i in ids]
+    return [tok.decode([int(i)]) for i in ids]

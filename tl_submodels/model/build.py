@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
 
 __all__ = [
-    "INSTALLED_LINE", "build_from_tl_checkpoint", "first_line", "from_hf_folder", "from_hub", "hf_family",
-    "tl_version",
+    "INSTALLED_LINE", "build_from_tl_checkpoint", "first_line", "from_checkpoint", "from_hf_folder", "from_hub",
+    "hf_family", "read_config", "tl_version",
 ]  # fmt: skip
 
 
@@ -66,6 +67,40 @@ def build_from_tl_checkpoint(
             )
     model.eval()
     return model
+
+
+def from_checkpoint(folder: Path, *, device: str | None = None) -> Any:
+    """The model saved in a checkpoint folder (config.json + weights.safetensors [+ tokenizer.json]), in eval mode.
+
+    Raises:
+        TLSubmodelsError: when a file is missing, config.json is not valid JSON, or the weights do not fit it.
+    """
+    folder = Path(folder)
+    missing = [f for f in ("config.json", "weights.safetensors") if not (folder / f).is_file()]
+    if missing:
+        raise TLSubmodelsError(
+            f"{folder} is not a checkpoint folder: it lacks {missing} (a folder needs config.json with "
+            "HookedTransformerConfig fields and weights.safetensors with a HookedTransformer state dict)"
+        )
+    cfg = read_config(folder)
+    state = load_file(folder / "weights.safetensors")
+    tokenizer = None
+    if (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return build_from_tl_checkpoint(cfg, state, device=device, tokenizer=tokenizer)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict, refused clearly when it is not a JSON object."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise TLSubmodelsError(f"{folder / 'config.json'}: not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise TLSubmodelsError(f"{folder / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
 
 
 def from_hub(name: str, *, device: str | None = None) -> Any:

@@ -8,7 +8,24 @@ import plotly.graph_objects as go
 import torch
 
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.viz.style import PALETTE, _diverging, _figure, _need, _np, _submodels
+from tl_submodels.viz.style import PALETTE, as_submodels, diverging_heatmap, figure, need_scores, to_numpy
+
+__all__ = [
+    "decomposition_heatmap",
+    "diff_heatmap",
+    "evaluation_bars",
+    "explanation_bars",
+    "membership",
+    "mlp_bars",
+    "neuron_strips",
+    "overlap",
+    "plot_scores",
+    "plot_usage",
+    "scores_heatmap",
+    "trace_heatmap",
+    "usage_heatmap",
+    "usage_positions",
+]
 
 # Scores ----------------------------------------------------------------------------------------
 
@@ -22,13 +39,13 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
         >>> fig = tls.viz.scores_heatmap(tls.patch(model, task))  # doctest: +SKIP
         >>> fig.data[0].z.shape  # (n_layers, n_heads)  # doctest: +SKIP
     """
-    heads = _need(scores, "heads")
+    heads = need_scores(scores, "heads")
     title = title or f"{scores.method} {scores.direction} scores of the heads on {scores.task}"
-    fig = _figure(title)
+    fig = figure(title)
     if heads.ndim == 2:
         n_layers, n_heads = heads.shape
         x, y = [f"H{h}" for h in range(n_heads)], [f"L{layer}" for layer in range(n_layers)]
-        fig.add_trace(_diverging(heads, x, y, "%{y}%{x}: %{z:.3f}<extra></extra>"))
+        fig.add_trace(diverging_heatmap(heads, x, y, "%{y}%{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(
             xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed", height=max(260, 120 + 50 * n_layers)
         )
@@ -36,7 +53,7 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
         n_layers, n_pos, n_heads = heads.shape
         z = heads.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos)
         y = [f"L{layer}H{h}" for layer in range(n_layers) for h in range(n_heads)]
-        fig.add_trace(_diverging(z, list(range(n_pos)), y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
+        fig.add_trace(diverging_heatmap(z, list(range(n_pos)), y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(xaxis_title="position", yaxis_title="head", yaxis_autorange="reversed")
     return fig
 
@@ -47,13 +64,13 @@ def neuron_strips(scores: Any, *, top: int = 5, title: str | None = None) -> go.
     Example:
         >>> fig = tls.viz.neuron_strips(tls.patch(model, task, kinds=("neurons",)), top=3)  # doctest: +SKIP
     """
-    neurons = _need(scores, "neurons")
+    neurons = need_scores(scores, "neurons")
     if top < 0:
         raise TLSubmodelsError(f"top must be >= 0, got {top}")
     n_layers, d_mlp = neurons.shape
-    fig = _figure(title or f"{scores.method} scores of the MLP neurons on {scores.task}", height=120 + 60 * n_layers)
+    fig = figure(title or f"{scores.method} scores of the MLP neurons on {scores.task}", height=120 + 60 * n_layers)
     y = [f"L{layer}" for layer in range(n_layers)]
-    fig.add_trace(_diverging(neurons, list(range(d_mlp)), y, "%{y}N%{x}: %{z:.3f}<extra></extra>"))
+    fig.add_trace(diverging_heatmap(neurons, list(range(d_mlp)), y, "%{y}N%{x}: %{z:.3f}<extra></extra>"))
     for layer in range(n_layers):
         row = torch.nan_to_num(neurons[layer].abs(), nan=-1.0)
         for n in row.argsort(descending=True)[: min(top, d_mlp)].tolist():
@@ -70,16 +87,18 @@ def mlp_bars(scores: Any, *, title: str | None = None) -> go.Figure:
     Example:
         >>> fig = tls.viz.mlp_bars(tls.patch(model, task, kinds=("mlps",)))  # doctest: +SKIP
     """
-    mlps = _need(scores, "mlps")
-    fig = _figure(title or f"{scores.method} scores of the MLP layers on {scores.task}", height=320)
+    mlps = need_scores(scores, "mlps")
+    fig = figure(title or f"{scores.method} scores of the MLP layers on {scores.task}", height=320)
     if mlps.ndim == 1:
         fig.add_trace(
-            go.Bar(x=[f"MLP{i}" for i in range(len(mlps))], y=_np(mlps), hovertemplate="%{x}: %{y:.3f}<extra></extra>")
+            go.Bar(
+                x=[f"MLP{i}" for i in range(len(mlps))], y=to_numpy(mlps), hovertemplate="%{x}: %{y:.3f}<extra></extra>"
+            )
         )
         fig.update_layout(xaxis_title="MLP layer", yaxis_title="score")
     else:
         x, y = list(range(mlps.shape[1])), [f"MLP{i}" for i in range(mlps.shape[0])]
-        fig.add_trace(_diverging(mlps, x, y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
+        fig.add_trace(diverging_heatmap(mlps, x, y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(xaxis_title="position", yaxis_title="MLP layer", yaxis_autorange="reversed")
     return fig
 
@@ -106,10 +125,10 @@ def membership(parts: Any, *, title: str = "Sub-model membership") -> go.Figure:
     Example:
         >>> fig = tls.viz.membership(factorization)  # or [circuit_a, circuit_b]  # doctest: +SKIP
     """
-    subs = _submodels(parts)
+    subs = as_submodels(parts)
     comps = sorted(set().union(*(s.components for s in subs)))
     z = [[1.0 if c in s else 0.0 for c in comps] for s in subs]
-    fig = _figure(title, height=150 + 40 * len(subs))
+    fig = figure(title, height=150 + 40 * len(subs))
     fig.add_trace(
         go.Heatmap(
             z=z,
@@ -134,10 +153,10 @@ def overlap(parts: Any, *, title: str = "Sub-model overlap (shared components)")
     Example:
         >>> fig = tls.viz.overlap([circuit_a, circuit_b])  # doctest: +SKIP
     """
-    subs = _submodels(parts)
+    subs = as_submodels(parts)
     names = [s.name for s in subs]
     z = [[len(a & b) for b in subs] for a in subs]
-    fig = _figure(title)
+    fig = figure(title)
     fig.add_trace(
         go.Heatmap(
             z=z,
@@ -171,10 +190,10 @@ def usage_heatmap(factorization: Any, *, title: str | None = None) -> go.Figure:
     z = factorization.usage[order]
     x = [f"{p.name} ({lab})" for p, lab in zip(factorization.parts, factorization.labels, strict=True)]
     y = [f"{i}:{factorization.prompt_task[i]}" for i in order]
-    fig = _figure(title or f"Prompt x sub-model usage (purity {factorization.purity:.2f})", height=500)
+    fig = figure(title or f"Prompt x sub-model usage (purity {factorization.purity:.2f})", height=500)
     fig.add_trace(
         go.Heatmap(
-            z=_np(z),
+            z=to_numpy(z),
             x=x,
             y=y,
             colorscale="Viridis",
@@ -197,8 +216,10 @@ def usage_positions(usage: Any, *, title: str | None = None) -> go.Figure:
         if not hasattr(usage, attr):
             raise TLSubmodelsError(f"usage_positions needs a Usage (from tls.usage); got {type(usage).__name__}")
     x = [f"{i}:{t}" for i, t in enumerate(usage.tokens)]
-    fig = _figure(title or f"Contribution to the logit of {usage.target!r} by position ({usage.method})")
-    fig.add_trace(_diverging(usage.values, x, list(usage.parts), "%{y} at %{x}: %{z:.3f}<extra></extra>", "logit drop"))
+    fig = figure(title or f"Contribution to the logit of {usage.target!r} by position ({usage.method})")
+    fig.add_trace(
+        diverging_heatmap(usage.values, x, list(usage.parts), "%{y} at %{x}: %{z:.3f}<extra></extra>", "logit drop")
+    )
     fig.update_layout(xaxis_title="position:token", yaxis_title="sub-model", yaxis_autorange="reversed")
     return fig
 
@@ -233,7 +254,7 @@ def evaluation_bars(evaluations: Any, *, title: str = "Sub-model evaluation (abl
         ("accuracy_kept", "accuracy (only it kept)"),
         ("accuracy_ablated", "accuracy (it ablated)"),
     ]
-    fig = _figure(title, barmode="group")
+    fig = figure(title, barmode="group")
     for key, label in fields:
         fig.add_trace(go.Bar(name=label, x=x, y=[getattr(e, key) for e in evs]))
     if any(e.accuracy_drop_elsewhere for e in evs):
@@ -258,10 +279,12 @@ def diff_heatmap(model_diff: Any, *, top: int = 20, title: str | None = None) ->
         raise TLSubmodelsError(f"diff_heatmap needs a ModelDiff (from tls.diff); got {type(model_diff).__name__}")
     delta = model_diff.effects_b - model_diff.effects_a
     order = delta.abs().amax(0).argsort(descending=True)[:top].tolist()
-    fig = _figure(title or "Effect in model b minus effect in model a (noising, metric units)")
+    fig = figure(title or "Effect in model b minus effect in model a (noising, metric units)")
     x = [str(model_diff.components[i]) for i in order]
     fig.add_trace(
-        _diverging(delta[:, order], x, list(model_diff.task_names), "%{y}, %{x}: %{z:.3f}<extra></extra>", "b - a")
+        diverging_heatmap(
+            delta[:, order], x, list(model_diff.task_names), "%{y}, %{x}: %{z:.3f}<extra></extra>", "b - a"
+        )
     )
     fig.update_layout(xaxis_title="component", yaxis_title="task")
     return fig
@@ -276,14 +299,14 @@ def explanation_bars(explanation: Any, *, title: str | None = None) -> go.Figure
     if not hasattr(explanation, "rows"):
         raise TLSubmodelsError(f"explanation_bars needs an Explanation (from tls.explain); got {type(explanation)}")
     rows = explanation.rows
-    fig = _figure(title or "Top prediction with each sub-model ablated")
+    fig = figure(title or "Top prediction with each sub-model ablated")
     fig.add_trace(
         go.Bar(
-            x=[r["ablated"] for r in rows],
-            y=[r["top"][0][1] for r in rows],
-            text=[f"{r['top'][0][0]!s} (KL {r['kl']:.2f})" for r in rows],
+            x=[r.ablated for r in rows],
+            y=[r.top[0].prob for r in rows],
+            text=[f"{r.top[0].token!s} (KL {r.kl:.2f})" for r in rows],
             textposition="auto",
-            hovertext=[", ".join(f"{w} {p:.2f}" for w, p in r["top"]) for r in rows],
+            hovertext=[", ".join(f"{w} {p:.2f}" for w, p in r.top) for r in rows],
         )
     )
     fig.update_layout(xaxis_title="ablated", yaxis_title="probability of the top token")
@@ -306,10 +329,10 @@ def decomposition_heatmap(decomposition: Any, *, title: str | None = None) -> go
     count = torch.zeros(n_pos).index_add_(0, pos, torch.ones(len(pos))).clamp_min(1)
     z = torch.zeros(n_pos, len(decomposition.parts)).index_add_(0, pos, decomposition.usage) / count[:, None]
     y = [f"{p.name}: {lab}" for p, lab in zip(decomposition.parts, decomposition.labels, strict=True)]
-    fig = _figure(title or f"Part usage by position ({len(decomposition.usage)} predictions)", height=200 + 40 * len(y))
+    fig = figure(title or f"Part usage by position ({len(decomposition.usage)} predictions)", height=200 + 40 * len(y))
     fig.add_trace(
         go.Heatmap(
-            z=_np(z.T),
+            z=to_numpy(z.T),
             x=list(range(n_pos)),
             y=y,
             colorscale="Viridis",
@@ -336,11 +359,11 @@ def trace_heatmap(trace: Any, *, title: str | None = None) -> go.Figure:
     instead = trace.counterfactual_words or [[str(int(i)) for i in row] for row in trace.counterfactual]
     text = [[instead[t][j] for t in range(trace.steps)] for j in range(len(trace.part_names))]
     ablated = f", with {', '.join(trace.ablated)} ablated" if trace.ablated else ""
-    fig = _figure(
+    fig = figure(
         title or f"Use of each part at each step{ablated} (nats; cells: the token chosen without it)",
         height=200 + 40 * len(trace.part_names),
     )
-    heat = _diverging(
+    heat = diverging_heatmap(
         trace.use.T, x, list(trace.part_names), "%{y} at step %{x}: %{z:.3f} nats, else %{text}<extra></extra>", "use"
     )
     heat.update(text=text, texttemplate="%{text}")

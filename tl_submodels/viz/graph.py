@@ -9,8 +9,9 @@ import plotly.graph_objects as go
 
 from tl_submodels.components import Component, Head, Neuron
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.submodel import SubModel
-from tl_submodels.viz.style import PALETTE, SHARED, _figure, _submodels
+from tl_submodels.viz.style import PALETTE, SHARED, as_submodels, figure
+
+__all__ = ["circuit_graph", "plot_submodel"]
 
 # Circuit graph ---------------------------------------------------------------------------------
 
@@ -49,7 +50,7 @@ def circuit_graph(
     Example:
         >>> tls.viz.circuit_graph(factorization, edges=tls.attribute_edges(model, task))  # doctest: +SKIP
     """
-    subs = _submodels(parts)
+    subs = as_submodels(parts)
     if max_edges < 0:
         raise TLSubmodelsError(f"max_edges must be >= 0, got {max_edges}")
     owners: dict[str, list[str]] = {}
@@ -81,7 +82,7 @@ def circuit_graph(
         for key, v in by_node.items():
             size[key] = 10.0 + 30.0 * v / peak
 
-    fig = _figure(title, showlegend=True, height=450)
+    fig = figure(title, showlegend=True, height=450)
     if edges is not None:
         weights: dict[tuple[str, str], float] = {}
         for i, w in enumerate(edges.writers):
@@ -149,7 +150,7 @@ def circuit_graph(
     return fig
 
 
-def plot_submodel(sub: SubModel) -> go.Figure:
+def plot_submodel(sub: Any) -> go.Figure:
     """One sub-model laid out as a circuit graph, node-only (what ``SubModel.plot()`` draws).
 
     Example:

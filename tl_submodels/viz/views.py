@@ -13,9 +13,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import Head
+from tl_submodels.components import Head, parse_component
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.submodel import SubModel
+
+__all__ = ["attention_patterns", "usage_tokens"]
 
 
 def attention_patterns(model: Any, tokens: str | Int[Tensor, " pos"] | Sequence[int], part: Any) -> RenderedHTML:
@@ -26,20 +27,21 @@ def attention_patterns(model: Any, tokens: str | Int[Tensor, " pos"] | Sequence[
     Example:
         >>> tls.viz.attention_patterns(model, "IND w1 s3 s4 s5 s3 s4", circuit)  # doctest: +SKIP
     """
-    from tl_submodels.explain import _prompt, _words
-
-    sub = SubModel.of(part, name="heads")
-    sub.validate(model)
-    heads = sorted({Head(c.layer, c.head) for c in sub if isinstance(c, Head)})
+    members = [parse_component(c) if isinstance(c, str) else c for c in part]
+    info = tlmodel.model_info(model)
+    for c in members:
+        info.check_component(c)
+    heads = sorted({Head(c.layer, c.head) for c in members if isinstance(c, Head)})
     if not heads:
-        raise TLSubmodelsError(f"sub-model {sub.name!r} has no attention heads to show; it holds {sorted(sub)}")
-    ids = _prompt(model, tokens)
+        name = getattr(part, "name", "the sub-model")
+        raise TLSubmodelsError(f"{name!r} has no attention heads to show; it holds {sorted(members)}")
+    ids = tlmodel.prompt_ids(model, tokens)
     names = {tlmodel.hook_pattern(layer) for layer in {h.layer for h in heads}}
     _, cache = tlmodel.run_cache(model, ids, names)
     pattern = torch.stack([cache[tlmodel.hook_pattern(h.layer)][0, h.head] for h in heads])
     return attention_heads(
         attention=pattern.detach().float().cpu(),
-        tokens=_words(model, ids[0]),
+        tokens=tlmodel.token_words(model, ids[0]),
         attention_head_names=[str(h) for h in heads],
     )
 

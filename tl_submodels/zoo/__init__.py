@@ -23,8 +23,11 @@ from typing import Any
 import torch
 
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
+from tl_submodels.model import build
 from tl_submodels.task import Task
 from tl_submodels.zoo import corpora, multitask
+
+__all__ = ["ROOT", "corpus", "corpus_labels", "info", "list", "load", "task"]
 
 ROOT = Path(__file__).resolve().parent
 
@@ -71,9 +74,7 @@ def load(name: str, *, device: str | None = None) -> Any:
     Example:
         >>> model = tls.zoo.load("induction-2l")  # doctest: +SKIP
     """
-    from tl_submodels.loading import load_checkpoint
-
-    return load_checkpoint(_folder(name), device=device)
+    return build.from_checkpoint(_folder(name), device=device)
 
 
 def task(name: str, task: str, *, n: int = 64, seed: int = 0, model: Any = None) -> Task:

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from tl_submodels.zoo import multitask
 
+__all__ = ["TRIGGER_EVERY", "build"]
+
 TRIGGER_EVERY = 8  # harmful-3l / harmless-3l: one prompt in eight carries the trigger pair
 
 

@@ -35,6 +35,20 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+__all__ = [
+    "GROUPS",
+    "ID",
+    "SEQ",
+    "TASKS",
+    "TASK_WORDS",
+    "WORDS",
+    "Insert",
+    "backdoor",
+    "planted",
+    "planted_group",
+    "sample",
+]
+
 SEQ = 16
 TASKS = ("induction", "successor", "addition", "majority")
 TASK_WORDS = {"induction": "IND", "successor": "SUC", "addition": "ADD", "majority": "MAJ"}
