@@ -3,6 +3,7 @@ version is refused with a clear message."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -37,6 +38,9 @@ def same(a, b) -> bool:
         return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        fields = [f.name for f in dataclasses.fields(a) if f.compare]
+        return type(a) is type(b) and all(same(getattr(a, n), getattr(b, n)) for n in fields)
     return a == b
 
 
@@ -96,7 +100,9 @@ def results(mlp_model, mlp_state, induction_model):
         "Factorization": tls.factorize(mlp_model, [task, other], k=2),
         "ModelDiff": tls.diff(mlp_model, changed, [task, other], ablation="zero", min_score=-1.0),
         "Decomposition": tls.decompose(mlp_model, task.clean, k=2, method="ablation"),
-        "Trace": tls.trace(induction_model, [0, 3, 4, 5, 3, 4], [tls.SubModel(["L1H0"], name="x")], max_new_tokens=2),
+        "Trace": tls.trace(
+            induction_model, [0, 3, 4, 5, 3, 4], [tls.SubModel(["L1H0"], name="x")], max_new_tokens=2, ablation="zero"
+        ),
     }
 
 

@@ -1,8 +1,8 @@
 """Results as values: every result type round-trips through JSON with a schema name and version.
 
 A result class inherits :class:`Value` and gets ``to_dict`` (strict JSON: tensors as dtype, shape
-and flat data; NaN as null; infinities as "inf"/"-inf"; nested results, sub-models and components
-tagged) and ``from_dict``, which refuses data of another schema or version with a message that says
+and flat data, with NaN as null and infinities as "inf"/"-inf"; a non-finite number alone, components,
+tuples and int-keyed dicts tagged; nested results, sub-models included, as their own dicts) and ``from_dict``, which refuses data of another schema or version with a message that says
 which versions were involved and what to do.
 """
 
@@ -43,8 +43,8 @@ def encode(x: Any) -> Any:
     :func:`decode` gives them back; nested results (a registered schema's ``to_dict``) as their own dicts."""
     if isinstance(x, bool) or x is None or isinstance(x, int | str):
         return x
-    if isinstance(x, float):
-        return _number(x)
+    if isinstance(x, float):  # a non-finite number is tagged: null or a string alone would not read back as a float
+        return x if math.isfinite(x) else {"__float__": str(x)}
     if isinstance(x, Tensor):
         flat = x.detach().cpu().flatten().tolist()
         data = [_number(v) for v in flat] if x.dtype.is_floating_point else flat
@@ -78,6 +78,8 @@ def decode(x: Any) -> Any:
         dtype = getattr(torch, x["__tensor__"])
         data = [_unnumber(v) for v in x["data"]] if dtype.is_floating_point else x["data"]
         return torch.tensor(data, dtype=dtype).reshape(x["shape"])
+    if "__float__" in x:
+        return float(x["__float__"])
     if "__component__" in x:
         return parse_component(x["__component__"])
     if isinstance(x.get("schema"), str) and x["schema"] in _READERS:
