@@ -255,8 +255,14 @@ def test_per_example_and_memory_budget(mlp_model, mlp_task):
     info, seq = tlmodel.model_info(mlp_model), mlp_task.seq_len
     site = [info.site_mb(k, seq) for k in kinds]
     two = 2.5 * (2 * info.n_layers * sum(site) + attribution._grad_row_mb(tls.adapter(mlp_model), seq) + 2 * max(site))
-    plan = {m: attribution._plan(tls.adapter(mlp_model), kinds, mlp_task, m, 4, None, two) for m in ("atp", "ig")}
-    assert plan["atp"][0] == 2 and plan["ig"][:2] == (2, 1), plan
+    plan = {
+        m: attribution.plan_attribution(tls.adapter(mlp_model), mlp_task, kinds=kinds, method=m, per_position=False,
+                                        direction="denoising", steps=4, batch_size=None, max_memory_mb=two)
+        for m in ("atp", "ig")
+    }  # fmt: skip
+    assert len(plan["atp"].chunks[0]) == 2 and (len(plan["ig"].chunks[0]), plan["ig"].steps_per_forward) == (2, 1)
+    assert all(isinstance(i, attribution.AtPItem) for i in plan["atp"].items)
+    assert all(isinstance(i, attribution.IGItem) for i in plan["ig"].items) and len(plan["ig"].items) == 3 * 3 * 4 * 3
     chunked = {m: tls.attribute(mlp_model, mlp_task, method=m, kinds=kinds, steps=4, max_memory_mb=two) for m in plan}
     for kind in kinds:
         torch.testing.assert_close(getattr(tight, kind), getattr(loose["atp"], kind), atol=1e-5, rtol=0)

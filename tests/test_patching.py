@@ -237,3 +237,26 @@ def test_batch_size_and_memory_must_be_positive(mlp_model, mlp_task, score):
     with pytest.raises(tls.TLSubmodelsError, match="max_memory_mb must be a positive"):
         fn(mlp_model, mlp_task, max_memory_mb=0.0)
     assert fn(mlp_model, mlp_task, batch_size=1, kinds="heads").heads.shape == (3, 4)
+
+
+def test_patch_plans_before_it_runs(mlp_model, mlp_task):
+    """plan_patch decides chunks and rows per forward without running the model; its key is plain JSON."""
+    import json
+
+    info, kinds = tlmodel.model_info(mlp_model), ("heads", "neurons", "mlps")
+    budget = 2.5 * tlpatching._example_mb(info, kinds, mlp_task.seq_len) / tlpatching.BUDGET_FOR_CACHES  # 2 examples
+    calls = []
+    handle = mlp_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        plan = tlpatching.plan_patch(info, mlp_task, kinds=kinds, per_position=False, direction="denoising",
+                                     batch_size=None, max_memory_mb=1024.0, weights_mb=0.0, path="weights",
+                                     device_type="cpu")  # fmt: skip
+        tight = tlpatching.plan_patch(info, mlp_task, kinds=kinds, per_position=False, direction="noising",
+                                      batch_size=None, max_memory_mb=budget, weights_mb=0.0, path="hooks",
+                                      device_type="cpu")  # fmt: skip
+    finally:
+        handle.remove()
+    assert not calls
+    assert plan.chunks == (tuple(range(mlp_task.batch)),) and plan.rows_per_forward == tlpatching.CPU_ROWS
+    assert {len(c) for c in tight.chunks} == {2} and sum(tight.chunks, ()) == tuple(range(mlp_task.batch))
+    assert json.loads(json.dumps(plan.key())) == plan.key() and plan.key() != tight.key()

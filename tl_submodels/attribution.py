@@ -17,9 +17,11 @@ hook points, so the model's parameters, their ``requires_grad`` flags and ``.gra
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,11 +29,11 @@ from torch import Tensor
 from tl_submodels import model as tlmodel
 from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, metric_gap, sides
+from tl_submodels.scores import Direction, Scores, Sides, check_budget, check_scoring, metric_gap, sides
 from tl_submodels.sweep import Sweep, distributed, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
-__all__ = ["Method", "attribute"]
+__all__ = ["AtPItem", "AttributionPlan", "IGItem", "Method", "attribute", "plan_attribution", "site_gradients"]
 
 Method = Literal["atp", "ig"]
 
@@ -98,107 +100,35 @@ def attribute(
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     check_budget(batch_size, max_memory_mb)
     side = sides(task, direction)
-    base_tokens, source_tokens = side.base, side.source
-    sites = [(kind, layer) for layer in range(info.n_layers) for kind in kinds]
-    names = [tlmodel.site_hook(kind, layer) for kind, layer in sites]
-    site_kind = dict(zip(names, [kind for kind, _ in sites], strict=True))
-
-    def reduce(kind: Kind, contribution: Tensor) -> Tensor:
-        """delta * gradient of one site, [batch, pos, ...] -> the per-example score shape."""
-        if kind == "heads":
-            out = contribution.sum(-1)  # [batch, pos, head]
-            return out if per_position else out.sum(1)
-        if kind == "neurons":
-            return contribution.sum(1)  # [batch, d_mlp]
-        out = contribution.sum(-1)  # [batch, pos]
-        return out if per_position else out.sum(1)
-
-    # Examples in chunks (and for "ig" interpolation steps per forward) that fit the budget; inside a
-    # process group the chunks are shared out over the ranks (by default one chunk each).
-    world = distributed()[1]
-    examples, steps_per_forward, grads_mb = _plan(
-        tlmodel.adapter(model), kinds, task, method, steps, batch_size, max_memory_mb
-    )
-    if batch_size is None:
-        examples = min(examples, -(-task.batch // world))
-    chunks = [torch.arange(lo, min(lo + examples, task.batch)) for lo in range(0, task.batch, examples)]
+    plan = plan_attribution(
+        tlmodel.adapter(model), task, kinds=kinds, method=method, per_position=per_position, direction=direction,
+        steps=steps, batch_size=batch_size, max_memory_mb=max_memory_mb, world=distributed()[1],
+    )  # fmt: skip
     key = None
     if checkpoint is not None:
-        key = {
-            "fn": "attribute",
-            "method": method,
-            "model": fingerprint_model(model),
-            "task": fingerprint_task(task),
-            "kinds": list(kinds),
-            "per_position": per_position,
-            "direction": direction,
-            "steps": steps if method == "ig" else None,
-            "examples": examples,
-            "steps_per_forward": steps_per_forward,
-            "grads_mb": grads_mb,
-        }
-    # The cached base and source runs of the chunk being worked on (one chunk's at a time).
-    cache: dict[str, Any] = {"chunk": None}
-
-    def runs_of(ci: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Base ("ig" only: atp sees them in its own forward) and source activations of chunk ``ci``, and the
-        per-example metric of those runs."""
-        if cache["chunk"] != ci:
-            cache.clear()
-            sub = task.subset(chunks[ci])
-            b: dict[str, Tensor] = {}
-            metrics = {}
-            if method == "ig":
-                b_logits, b = tlmodel.run_cache(model, base_tokens[chunks[ci]], names)
-                metrics["base"] = sub.per_example(sub.final_logits(b_logits)).cpu()
-            s_logits, s = tlmodel.run_cache(model, source_tokens[chunks[ci]], names)
-            metrics["source"] = sub.per_example(sub.final_logits(s_logits)).cpu()
-            cache.update(chunk=ci, runs=(b, s, metrics))
-        return cache["runs"]
-
-    if method == "atp":
-        site_groups = _by_memory(site_kind, info, task.seq_len, len(chunks[0]), grads_mb)
-        items: list[tuple[int, Any]] = [(ci, gi) for ci in range(len(chunks)) for gi in range(len(site_groups))]
-    else:
-        alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-        items = [(ci, (n, lo)) for ci in range(len(chunks)) for n in names for lo in range(0, steps, steps_per_forward)]
-    first_of = {ci: min(i for i, (c, _) in enumerate(items) if c == ci) for ci in range(len(chunks))}
+        key = {"fn": "attribute", "model": fingerprint_model(model), "task": fingerprint_task(task), **plan.key()}
+    run = _Executor(model, task, plan, side)
+    items = plan.items
+    first_of = {ci: min(i for i, item in enumerate(items) if item.chunk == ci) for ci in range(len(plan.chunks))}
     sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"{method} {task.name}", progress=progress)
     try:
         for i in sweep.todo():
-            ci, what = items[i]
-            idx = chunks[ci]
-            base, source, metrics = runs_of(ci)
-            result: dict[str, Any]
-            if method == "atp":
-                group = site_groups[what]
-                seen: dict[str, Tensor] = {}  # the base run's activations and metric, from this forward
-                grads = site_gradients(model, task, idx, base_tokens, {n: None for n in group}, seen=seen)
-                result = {n: reduce(site_kind[n], (source[n] - seen[n]) * grads[n]).cpu() for n in group}
-                metrics = {**metrics, "base": seen["metric"].cpu()}
-            else:
-                name, lo = what
-                delta = source[name] - base[name]
-                a = alphas[lo : lo + steps_per_forward].to(delta.device)
-                local = torch.arange(len(idx)).repeat(len(a))
-                scale = a.repeat_interleave(len(idx)).view(-1, *[1] * (delta.ndim - 1))
-                value = base[name][local] + scale * delta[local]
-                grads = site_gradients(model, task, idx.repeat(len(a)), base_tokens, {name: value}, copies=len(a))
-                total = grads[name].view(len(a), len(idx), *delta.shape[1:]).sum(0)
-                result = {name: reduce(site_kind[name], delta * total).cpu()}
-            if i == first_of[ci]:  # a chunk's first item keeps the chunk's metrics
+            result, metrics = run(items[i])
+            if i == first_of[items[i].chunk]:  # a chunk's first item keeps the chunk's metrics
                 result["metrics"] = metrics
             sweep.done(i, result)
         done = sweep.gather()
     finally:
-        cache.clear()
+        run.close()
         sweep.close()
+    names = list(run.site_kind)
+    chunks = plan.chunks
     # Put together in item order: the same numbers however the work was spread over ranks or resumed.
     per_chunk: list[dict[str, Tensor]] = [{} for _ in chunks]
-    for i, (ci, _) in enumerate(items):
+    for i, item in enumerate(items):
         for n, t in done[i].items():
             if n != "metrics":
-                per_chunk[ci][n] = t if n not in per_chunk[ci] else per_chunk[ci][n] + t
+                per_chunk[item.chunk][n] = t if n not in per_chunk[item.chunk] else per_chunk[item.chunk][n] + t
     # each[name]: every example's estimated effect on its own metric, [batch, ...]. Gradients are of
     # the batch mean, so an example's own effect is batch x its delta . gradient (over steps for "ig").
     scale_by = task.batch / (steps if method == "ig" else 1)
@@ -226,6 +156,152 @@ def attribute(
     )  # fmt: skip
 
 
+class _Executor:
+    """Runs the work items of an attribution plan, keeping the cached base and source runs of one chunk."""
+
+    def __init__(self, model: Any, task: Task, plan: AttributionPlan, side: Sides) -> None:
+        self.model, self.task, self.plan, self.side = model, task, plan, side
+        n_layers = tlmodel.model_info(model).n_layers
+        self.site_kind = {tlmodel.site_hook(k, layer): k for layer in range(n_layers) for k in plan.kinds}
+        self.chunks = [torch.tensor(c, dtype=torch.long) for c in plan.chunks]
+        self.alphas = (torch.arange(plan.steps, dtype=torch.float32) + 0.5) / plan.steps  # IG: the steps' midpoints
+        self._cached: tuple[int, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]] | None = None
+
+    def close(self) -> None:
+        self._cached = None
+
+    def _runs(self, ci: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Base (IG only: AtP sees it in its own forward) and source activations of chunk ``ci``, and the
+        per-example metric of those runs."""
+        if self._cached is None or self._cached[0] != ci:
+            self._cached = None
+            idx, names = self.chunks[ci], list(self.site_kind)
+            sub = self.task.subset(idx)
+            base: dict[str, Tensor] = {}
+            metrics = {}
+            if self.plan.method == "ig":
+                logits, base = tlmodel.run_cache(self.model, self.side.base[idx], names)
+                metrics["base"] = sub.per_example(sub.final_logits(logits)).cpu()
+            logits, source = tlmodel.run_cache(self.model, self.side.source[idx], names)
+            metrics["source"] = sub.per_example(sub.final_logits(logits)).cpu()
+            self._cached = (ci, base, source, metrics)
+        return self._cached[1], self._cached[2], self._cached[3]
+
+    def _reduce(self, kind: Kind, contribution: Tensor) -> Tensor:
+        """delta * gradient of one site, [batch, pos, ...] -> the per-example score shape."""
+        if kind == "neurons":
+            return contribution.sum(1)  # [batch, d_mlp]
+        out = contribution.sum(-1)  # heads [batch, pos, head], an MLP [batch, pos]
+        return out if self.plan.per_position else out.sum(1)
+
+    def __call__(self, item: AtPItem | IGItem) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """One forward and backward: each site's per-example delta . gradient, and the chunk's metrics."""
+        idx = self.chunks[item.chunk]
+        base, source, metrics = self._runs(item.chunk)
+        if isinstance(item, AtPItem):
+            seen: dict[str, Tensor] = {}  # the base run's activations and metric, from this forward
+            grads = site_gradients(self.model, self.task, idx, self.side.base, dict.fromkeys(item.sites), seen=seen)
+            result = {n: self._reduce(self.site_kind[n], (source[n] - seen[n]) * grads[n]).cpu() for n in item.sites}
+            return result, {**metrics, "base": seen["metric"].cpu()}
+        name, lo = item.site, item.first_step
+        delta = source[name] - base[name]
+        a = self.alphas[lo : lo + self.plan.steps_per_forward].to(delta.device)
+        local = torch.arange(len(idx)).repeat(len(a))
+        scale = a.repeat_interleave(len(idx)).view(-1, *[1] * (delta.ndim - 1))
+        value = base[name][local] + scale * delta[local]
+        grads = site_gradients(self.model, self.task, idx.repeat(len(a)), self.side.base, {name: value}, copies=len(a))
+        total = grads[name].view(len(a), len(idx), *delta.shape[1:]).sum(0)
+        return {name: self._reduce(self.site_kind[name], delta * total).cpu()}, metrics
+
+
+class AtPItem(NamedTuple):
+    """One forward and backward of AtP: chunk ``chunk`` of the examples, the gradients at ``sites``."""
+
+    chunk: int
+    sites: tuple[str, ...]
+
+
+class IGItem(NamedTuple):
+    """One forward and backward of integrated gradients: chunk ``chunk``, one site, the interpolation steps
+    ``first_step`` .. ``first_step + steps_per_forward - 1`` as copies of the batch."""
+
+    chunk: int
+    site: str
+    first_step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionPlan:
+    """What :func:`attribute` will run, decided before anything runs (:func:`plan_attribution`).
+
+    Its :meth:`key` is what a checkpoint must match to be resumed.
+    """
+
+    method: Method
+    kinds: tuple[Kind, ...]
+    per_position: bool
+    direction: Direction
+    steps: int
+    chunks: tuple[tuple[int, ...], ...]  # the examples of each chunk
+    steps_per_forward: int
+    grads_mb: float
+    items: tuple[AtPItem | IGItem, ...]
+
+    def key(self) -> dict[str, Any]:
+        """The plan as plain JSON values: a checkpoint written for another plan is refused."""
+        out = dataclasses.asdict(self)
+        out["items"] = [list(i) for i in self.items]
+        out["chunks"] = [list(c) for c in self.chunks]
+        out["kinds"] = list(self.kinds)
+        return out
+
+
+def plan_attribution(
+    ad: tlmodel.Adapter,
+    task: Task,
+    *,
+    kinds: tuple[Kind, ...],
+    method: Method,
+    per_position: bool,
+    direction: Direction,
+    steps: int,
+    batch_size: int | None,
+    max_memory_mb: float,
+    world: int = 1,
+) -> AttributionPlan:
+    """The chunks of examples and the typed work items of an attribution sweep; runs nothing.
+
+    Examples go in chunks (and for ``"ig"`` interpolation steps per forward) that fit the budget; inside a
+    process group of ``world`` ranks the chunks are shared out (by default one chunk each). AtP groups the
+    sites whose gradients fit the budget into one forward and backward; IG runs one site and a few steps.
+
+    Example:
+        >>> plan = plan_attribution(tls.adapter(model), task, kinds=("heads",), method="atp", per_position=False,
+        ...                         direction="denoising", steps=1, batch_size=None, max_memory_mb=1024)  # doctest: +SKIP
+        >>> plan.items[0]  # doctest: +SKIP
+        AtPItem(chunk=0, sites=('blocks.0.attn.hook_z', 'blocks.1.attn.hook_z'))
+    """
+    info = ad.info
+    examples, steps_per_forward, grads_mb = _fit(ad, kinds, task, method, steps, batch_size, max_memory_mb)
+    if batch_size is None:
+        examples = min(examples, -(-task.batch // world))
+    chunks = tuple(tuple(range(lo, min(lo + examples, task.batch))) for lo in range(0, task.batch, examples))
+    names = {tlmodel.site_hook(kind, layer): kind for layer in range(info.n_layers) for kind in kinds}
+    items: list[AtPItem | IGItem]
+    if method == "atp":
+        groups = _by_memory(names, info, task.seq_len, len(chunks[0]), grads_mb)
+        items = [AtPItem(ci, tuple(g)) for ci in range(len(chunks)) for g in groups]
+    else:
+        items = [
+            IGItem(ci, n, lo) for ci in range(len(chunks)) for n in names for lo in range(0, steps, steps_per_forward)
+        ]
+    return AttributionPlan(
+        method=method, kinds=tuple(kinds), per_position=per_position, direction=direction,
+        steps=steps if method == "ig" else 1, chunks=chunks, steps_per_forward=steps_per_forward, grads_mb=grads_mb,
+        items=tuple(items),
+    )  # fmt: skip
+
+
 def _grad_row_mb(ad: tlmodel.Adapter, seq: int) -> float:
     """Memory one row of a forward and backward holds: every layer's saved activations and the logits, in MB."""
     info = ad.info
@@ -233,7 +309,7 @@ def _grad_row_mb(ad: tlmodel.Adapter, seq: int) -> float:
     return info.n_layers * per_layer + 4 * seq * 2 * info.d_vocab / 2**20
 
 
-def _plan(
+def _fit(
     ad: tlmodel.Adapter,
     kinds: tuple[Kind, ...],
     task: Task,

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import einops
 import torch
@@ -32,7 +32,7 @@ from tl_submodels.scores import Direction, Scores, check_budget, check_scoring, 
 from tl_submodels.sweep import Sweep, fingerprint_model, fingerprint_task
 from tl_submodels.task import Task
 
-__all__ = ["BUDGET_FOR_CACHES", "CPU_ROWS", "FAST_TOLERANCE", "patch"]
+__all__ = ["BUDGET_FOR_CACHES", "CPU_ROWS", "FAST_TOLERANCE", "TRICKS", "PatchItem", "PatchPlan", "patch", "plan_patch"]
 
 FAST_TOLERANCE = 1e-4
 # On a CPU, forwards of more rows than this stop fitting the caches and get slower per row
@@ -54,6 +54,84 @@ class _Group:
     units: Tensor  # [copies] head / neuron index (0 for an MLP)
     pos_mask: Tensor  # [copies, seq] bool
     out_index: list[tuple[int, ...]]  # where each copy's value goes in the result tensor
+
+
+class PatchItem(NamedTuple):
+    """One patched forward: the copies ``lo`` .. ``hi - 1`` of group ``group`` (one unit patched per copy)."""
+
+    group: _Group
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchPlan:
+    """What :func:`patch` will run, decided before anything runs (:func:`plan_patch`): the path, the chunks of
+    examples and the rows per forward. Its :meth:`key` is what a checkpoint must match to be resumed."""
+
+    kinds: tuple[Kind, ...]
+    per_position: bool
+    direction: Direction
+    path: Literal["weights", "hooks"]
+    chunks: tuple[tuple[int, ...], ...]  # the examples of each chunk
+    rows_per_forward: int
+    components: tuple[str, ...] | None  # patch only these (None: every component of kinds)
+
+    def key(self) -> dict[str, Any]:
+        """The plan as plain JSON values: a checkpoint written for another plan is refused."""
+        return {
+            "kinds": list(self.kinds), "per_position": self.per_position, "direction": self.direction,
+            "path": self.path, "chunks": [list(c) for c in self.chunks], "rows_per_forward": self.rows_per_forward,
+            "components": None if self.components is None else list(self.components),
+        }  # fmt: skip
+
+
+def plan_patch(
+    info: tlmodel.ModelInfo,
+    task: Task,
+    *,
+    kinds: tuple[Kind, ...],
+    per_position: bool,
+    direction: Direction,
+    batch_size: int | None,
+    max_memory_mb: float,
+    weights_mb: float,
+    path: Literal["weights", "hooks"],
+    device_type: str,
+    components: Iterable[Component | str] | None = None,
+) -> PatchPlan:
+    """The chunks of examples and the rows per forward of a patching sweep; runs nothing.
+
+    Examples go in chunks whose cached runs take at most ``BUDGET_FOR_CACHES`` of the budget left after the
+    fast path's weight copies (``weights_mb``); the patched forwards get the rest (at most ``CPU_ROWS`` rows
+    on a CPU). Given ``batch_size``, one chunk of every example and that many rows per forward.
+
+    Example:
+        >>> plan_patch(info, task, kinds=("heads",), per_position=False, direction="denoising", batch_size=None,
+        ...            max_memory_mb=1024, weights_mb=0.0, path="weights", device_type="cpu")  # doctest: +SKIP
+    """
+    seq, batch = task.seq_len, task.batch
+    budget = max_memory_mb - weights_mb
+    per_example_mb, per_row_mb = _example_mb(info, kinds, seq), info.layer_row_mb(seq)
+    if batch_size is None:
+        fit = int(budget * BUDGET_FOR_CACHES // per_example_mb)
+        if fit < 1:
+            raise TLSubmodelsError(
+                f"max_memory_mb={max_memory_mb:g} is below what one example needs on this model "
+                f"(~{per_example_mb / BUDGET_FOR_CACHES:.0f} MB for {seq} tokens); raise it or use shorter prompts"
+            )
+        chunk = min(batch, fit)
+        rows_per_forward = max(1, int((budget - chunk * per_example_mb) / per_row_mb))
+        if device_type == "cpu":
+            rows_per_forward = min(rows_per_forward, CPU_ROWS)
+    else:
+        chunk, rows_per_forward = batch, batch_size
+    return PatchPlan(
+        kinds=tuple(kinds), per_position=per_position, direction=direction, path=path,
+        chunks=tuple(tuple(range(lo, min(lo + chunk, batch))) for lo in range(0, batch, chunk)),
+        rows_per_forward=rows_per_forward,
+        components=None if components is None else tuple(sorted(str(c) for c in components)),
+    )  # fmt: skip
 
 
 def patch(
@@ -123,7 +201,6 @@ def patch(
     if components is not None and per_position:
         raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
     device = tlmodel.first_param_device(model)
-    seq, batch = task.seq_len, task.batch
     # The fast path runs over the weights, so hooks the caller has on the model (e.g. inside
     # `with model.hooks(...)`) would not apply there: patch through hooks then.
     ad = tlmodel.adapter(model)
@@ -133,34 +210,16 @@ def patch(
     if batch_size is None and ad.blocks_mb() > max_memory_mb / 2:
         use_fast = False
     weights = ad.standard_weights() if use_fast else None
-    weights_mb = 0.0 if weights is None else _copied_mb(model, weights)
-    budget = max_memory_mb - weights_mb
-    # Examples in chunks whose cached runs and forwards fit the budget (all at once when they do).
-    per_example_mb, per_row_mb = _example_mb(info, kinds, seq), info.layer_row_mb(seq)
-    if batch_size is None:
-        fit = int(budget * BUDGET_FOR_CACHES // per_example_mb)
-        if fit < 1:
-            raise TLSubmodelsError(
-                f"max_memory_mb={max_memory_mb:g} is below what one example needs on this model "
-                f"(~{per_example_mb / BUDGET_FOR_CACHES:.0f} MB for {seq} tokens); raise it or use shorter prompts"
-            )
-        chunk = min(batch, fit)
-        left = budget - chunk * per_example_mb
-        rows_per_forward = max(1, int(left / per_row_mb))
-        if device.type == "cpu":
-            rows_per_forward = min(rows_per_forward, CPU_ROWS)
-    else:
-        chunk, rows_per_forward = batch, batch_size
-    chunks = [torch.arange(lo, min(lo + chunk, batch)) for lo in range(0, batch, chunk)]
+    plan = plan_patch(
+        info, task, kinds=kinds, per_position=per_position, direction=direction, batch_size=batch_size,
+        max_memory_mb=max_memory_mb, weights_mb=0.0 if weights is None else _copied_mb(model, weights),
+        path="hooks" if weights is None else "weights", device_type=device.type, components=components,
+    )  # fmt: skip
     raws = []
-    for i, idx in enumerate(chunks):
-        sub = task if len(chunks) == 1 else task.subset(idx)
-        path = checkpoint if checkpoint is None or len(chunks) == 1 else Path(f"{checkpoint}.examples{i}")
-        raws.append(
-            _patch_examples(
-                model, sub, info, kinds, per_position, direction, rows_per_forward, weights, components, path, progress
-            )
-        )
+    for i, idx in enumerate(plan.chunks):
+        sub = task if len(plan.chunks) == 1 else task.subset(list(idx))
+        path = checkpoint if checkpoint is None or len(plan.chunks) == 1 else Path(f"{checkpoint}.examples{i}")
+        raws.append(_patch_examples(model, sub, info, plan, weights, components, path, progress))
     base_each = torch.cat([r[0] for r in raws])
     source_each = torch.cat([r[1] for r in raws])
     examples = {k: torch.cat([r[2][k] for r in raws]) for k in kinds}
@@ -204,10 +263,7 @@ def _patch_examples(
     model: Any,
     task: Task,
     info: tlmodel.ModelInfo,
-    kinds: tuple[Kind, ...],
-    per_position: bool,
-    direction: Direction,
-    rows_per_forward: int,
+    plan: PatchPlan,
     weights: StandardWeights | None,
     components: Iterable[Component | str] | None,
     checkpoint: str | Path | None,
@@ -215,6 +271,12 @@ def _patch_examples(
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Patch every component on these examples: (unpatched base metric [batch], source metric [batch],
     per kind the patched metric of each example ``[batch, *score shape]``; NaN where not patched)."""
+    kinds, per_position, direction, rows_per_forward = (
+        plan.kinds,
+        plan.per_position,
+        plan.direction,
+        plan.rows_per_forward,
+    )
     base_tokens, source_tokens, _ = sides(task, direction)
     n_layers, seq, batch = info.n_layers, task.seq_len, task.batch
 
@@ -275,20 +337,15 @@ def _patch_examples(
         groups, results = _restrict(groups, results, info, kinds, components)
         examples = {k: torch.where(results[k].isnan()[None], float("nan"), v) for k, v in examples.items()}
     copies_per_forward = max(1, rows_per_forward // batch)
-    items = [(g, lo, min(lo + copies_per_forward, len(g.units))) for g in groups for lo in range(0, len(g.units), copies_per_forward)]  # fmt: skip
+    items = [
+        PatchItem(g, lo, min(lo + copies_per_forward, len(g.units)))
+        for g in groups
+        for lo in range(0, len(g.units), copies_per_forward)
+    ]
     key = None
     if checkpoint is not None:
-        key = {
-            "fn": "patch",
-            "model": fingerprint_model(model),
-            "task": fingerprint_task(task),
-            "kinds": list(kinds),
-            "per_position": per_position,
-            "direction": direction,
-            "copies_per_forward": copies_per_forward,
-            "fast": runner is not None,
-            "components": None if components is None else sorted(str(c) for c in components),
-        }
+        key = {"fn": "patch", "model": fingerprint_model(model), "task": fingerprint_task(task), **plan.key(),
+               "copies_per_forward": copies_per_forward, "fast": runner is not None}  # fmt: skip
     sweep = Sweep(len(items), key=key or {}, checkpoint=checkpoint, desc=f"patching {task.name}", progress=progress,
                   unit="forward")  # fmt: skip
     try:
