@@ -8,6 +8,8 @@ import transformers
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 
+import tl_submodels as tls
+
 V = 64  # vocabulary: <unk> <bos> <eos> <pad> w0 .. w59
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
          "max_position_embeddings": 32}  # fmt: skip
@@ -62,3 +64,16 @@ def tiny_hf_model(family: str) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.2)
     return model.eval()
+
+
+def small_task(model) -> tls.Task:
+    """Four prompts of eight tokens, corrupted from position 3 on, random answers: a task any family can score."""
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(4, V, (4, 8), generator=g)
+    clean[:, 0] = 1
+    corrupt = clean.clone()
+    corrupt[:, 3:] = torch.randint(4, V, (4, 5), generator=g)
+    answer = torch.randint(4, V, (4,), generator=g)
+    return tls.Task.from_tokens(
+        model, clean=clean, corrupt=corrupt, answer=answer, wrong=(answer + 1 - 4) % (V - 4) + 4
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import FAMILIES, TL4_ONLY, V, tiny_hf_model, word_tokenizer
+from families import FAMILIES, TL4_ONLY, small_task, tiny_hf_model, word_tokenizer
 from transformer_lens import patching
 
 import tl_submodels as tls
@@ -70,17 +70,6 @@ def family_model(tmp_path_factory):
     return get
 
 
-def family_task(model) -> tls.Task:
-    g = torch.Generator().manual_seed(0)
-    clean = torch.randint(4, V, (4, 8), generator=g)
-    clean[:, 0] = 1
-    corrupt = clean.clone()
-    corrupt[:, 3:] = torch.randint(4, V, (4, 5), generator=g)
-    answer = torch.randint(4, V, (4,), generator=g)
-    wrong = (answer + 1 - 4) % (V - 4) + 4
-    return tls.Task.from_tokens(model, clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, name="family")
-
-
 def _units(model, kind: str) -> list[tuple[str, int, int | None]]:
     """(hook name, layer, unit) of every component of ``kind``."""
     info = tls.check_model(model, (kind,))
@@ -106,7 +95,7 @@ def _replace(unit: int | None, value: torch.Tensor):
 @pytest.mark.parametrize("family", ON_THIS_LINE)
 def test_patching_equals_plain_hooks(family, family_model):
     model, _ = family_model(family)
-    task = family_task(model)
+    task = small_task(model)
     kinds = ("heads", "neurons", "mlps")
     assert tls.adapter(model).why_hooks == WHY_HOOKS[family]
     with warnings.catch_warnings():
@@ -134,7 +123,7 @@ def test_patching_equals_plain_hooks(family, family_model):
 @pytest.mark.parametrize("family", ON_THIS_LINE)
 def test_atp_equals_autograd_through_the_same_hooks(family, family_model):
     model, _ = family_model(family)
-    task = family_task(model)
+    task = small_task(model)
     kinds = ("heads", "neurons", "mlps")
     scores = tls.attribute(model, task, method="atp", kinds=kinds)
     names = [tlmodel.site_hook(k, layer) for k in kinds for layer in range(model.cfg.n_layers)]
@@ -179,7 +168,7 @@ def test_zero_ablating_a_head_equals_zeroing_its_output_weights(family, family_m
         cols = slice(head * d_head, (head + 1) * d_head)
         (weight[cols] if transposed else weight[:, cols]).zero_()
     oracle_model = tls.load_model(str(_save(edited, tmp_path / "edited")))
-    tokens = family_task(model).clean
+    tokens = small_task(model).clean
     hooks = tls.ablation_hooks(model, [f"L{layer}H{head}"], ablation="zero")
     ablated = tlmodel.run_logits(model, tokens, hooks)
     expected = tlmodel.run_logits(oracle_model, tokens)
@@ -190,7 +179,7 @@ def test_zero_ablating_a_head_equals_zeroing_its_output_weights(family, family_m
 @pytest.mark.parametrize("family", ON_THIS_LINE)
 def test_search_edges_and_generation_under_ablation_run(family, family_model):
     model, _ = family_model(family)
-    task = family_task(model)
+    task = small_task(model)
     circuit = tls.find_circuit(model, task, target=0.8, kinds=("heads", "mlps"))
     assert len(circuit) >= 1
     if family in ("gptj", "falcon") and tlmodel.INSTALLED_LINE == 4:  # one norm shared by attention and MLP

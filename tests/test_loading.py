@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from families import FAMILIES, TL4_ONLY, TOKENS, V, tiny_hf_model, word_tokenizer
+from families import FAMILIES, TL4_ONLY, TOKENS, small_task, tiny_hf_model, word_tokenizer
 
 import tl_submodels as tls
 from tl_submodels import loading
@@ -59,18 +59,6 @@ def no_hub(monkeypatch):
 def hf_logits(hf_model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return hf_model(tokens).logits
-
-
-def small_task(model) -> tls.Task:
-    g = torch.Generator().manual_seed(0)
-    clean = torch.randint(4, V, (4, 8), generator=g)
-    clean[:, 0] = 1
-    corrupt = clean.clone()
-    corrupt[:, 3:] = torch.randint(4, V, (4, 5), generator=g)
-    answer = torch.randint(4, V, (4,), generator=g)
-    return tls.Task.from_tokens(
-        model, clean=clean, corrupt=corrupt, answer=answer, wrong=(answer + 1 - 4) % (V - 4) + 4
-    )
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in TL4_ONLY])

@@ -375,28 +375,27 @@ class AblatedRuns:
             by_layer[c.layer][c.kind].append(_unit(c))
         values = self.ablator.values([tlmodel.site_hook(kind, layer) for layer, ks in by_layer.items() for kind in ks])
         device = tlmodel.first_param_device(self.model)
-
-        def value(kind: Kind, layer: int, units: list[int]) -> Tensor:
-            v = values[tlmodel.site_hook(kind, layer)].to(device)
-            return v if v.ndim == 0 or kind == "mlps" else v[units]
-
-        def index(units: list[int]) -> Tensor:
-            return torch.tensor(units, device=device)
-
-        return {
-            layer: LayerAblation(
-                heads=index(ks["heads"]) if "heads" in ks else None,
-                head_values=value("heads", layer, ks["heads"]) if "heads" in ks else None,
-                neurons=index(ks["neurons"]) if "neurons" in ks else None,
-                neuron_values=value("neurons", layer, ks["neurons"]) if "neurons" in ks else None,
-                mlp_value=value("mlps", layer, []) if "mlps" in ks else None,
+        out = {}
+        for layer, ks in by_layer.items():  # no closures here: see task._tile
+            v = {kind: values[tlmodel.site_hook(kind, layer)].to(device) for kind in ks}
+            heads, neurons = ks.get("heads"), ks.get("neurons")
+            out[layer] = LayerAblation(
+                heads=None if heads is None else torch.tensor(heads, device=device),
+                head_values=None if heads is None else _of_units(v["heads"], heads),
+                neurons=None if neurons is None else torch.tensor(neurons, device=device),
+                neuron_values=None if neurons is None else _of_units(v["neurons"], neurons),
+                mlp_value=v.get("mlps"),
             )
-            for layer, ks in by_layer.items()
-        }
+        return out
 
     def _hooked(self, v: _View, targets: list[Component], start: int) -> Tensor:
         logits = self.adapter.forward_from(start, v.tokens, v.resid(start), self.ablator.hooks(targets))
         return torch.cat([t.final_logits(lg) for t, lg in zip(v.tasks, logits.split(v.sizes), strict=True)])
+
+
+def _of_units(values: Tensor, units: list[int]) -> Tensor:
+    """The ablation values of ``units`` (a 0-d zero stands for every unit)."""
+    return values if values.ndim == 0 else values[units]
 
 
 def _close(a: Tensor, b: Tensor) -> bool:

@@ -416,11 +416,7 @@ class Task(Value):
                 f"expected read logits {'[rows, n, d_vocab]' if want == 3 else '[rows, d_vocab]'} for this task "
                 f"(from Task.final_logits); got shape {list(final_logits.shape)}"
             )
-        copies = rows // self.batch
-
-        def tile(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(final_logits.device).repeat(copies, *([1] * (t.ndim - 1)))
-
+        copies, device = rows // self.batch, final_logits.device
         if self.metric_fn is not None:
             tiled = self if copies == 1 else self._tiled(copies)
             out = self.metric_fn(final_logits, tiled)
@@ -432,11 +428,10 @@ class Task(Value):
                     f"A custom metric takes (read logits {logits_shape}, task) and must not average over examples."
                 )
         else:
-            answer, reads = tile(self.answer), tile(self.reads)
+            answer, reads = _tile(self.answer, device, copies), _tile(self.reads, device, copies)
             assert answer is not None and reads is not None
-            out = builtin_metric(
-                self.metric_name, final_logits, answer, tile(self.wrong), tile(self.clean_logits), reads
-            )
+            wrong, clean_logits = _tile(self.wrong, device, copies), _tile(self.clean_logits, device, copies)
+            out = builtin_metric(self.metric_name, final_logits, answer, wrong, clean_logits, reads)
         if torch.isnan(out).any():
             raise TLSubmodelsError(
                 f"metric {self.metric_name!r} returned NaN for {int(torch.isnan(out).sum())} of {rows} rows"
@@ -538,3 +533,12 @@ def check_tasks(tasks: Sequence[Task], d_vocab: int) -> list[Task]:
                 "build every task with this model (Task.from_tokens(model, ...) or tls.zoo.task)"
             )
     return tasks
+
+
+def _tile(t: Tensor | None, device: torch.device, copies: int) -> Tensor | None:
+    """``t`` on ``device``, repeated ``copies`` times along its first axis (None stays None).
+
+    A module-level function, not a closure: the test suite's run-time type checker decorates a nested
+    function anew every time its outer function runs, and per_example runs thousands of times a search.
+    """
+    return None if t is None else t.to(device).repeat(copies, *([1] * (t.ndim - 1)))
