@@ -20,20 +20,20 @@ from transformer_lens import patching
 
 import tl_submodels as tls
 from tl_submodels import model as tlmodel
+from tl_submodels.ablation import AblatedRuns, Ablator
+from tl_submodels.model import Adapter
 
 TOL = 1e-4
-# family -> why exact runs go through hooks ("" where they run over the weights): the README's family table
-WHY_HOOKS = {
-    "gpt2": "",
-    "gpt_neox": "parallel attention and MLP",
-    "llama": "gated MLP",
-    "opt": "",
-    "gptj": "parallel attention and MLP",
-    "qwen2": "gated MLP",
-    "mistral": "gated MLP",
-    "gemma2": "norms after attention and MLP",
-    "falcon": "parallel attention and MLP",
-}
+# family -> why exact runs go through hooks ("" where they run over the weights), per TransformerLens line: the
+# README's family table
+WHY_HOOKS = dict.fromkeys(FAMILIES, "") | (
+    {
+        "gptj": "rotary positions the bridge does not show (no hook_cos)",
+        "falcon": "its bridge's fused query/key/value weights do not reproduce its forward",
+    }
+    if tlmodel.INSTALLED_LINE == 4
+    else {}
+)
 ON_THIS_LINE = [f for f in FAMILIES if tlmodel.INSTALLED_LINE == 4 or f not in TL4_ONLY]
 # family -> (the attention output projection of layer {l} in the HF model, whether its weight is [in, out])
 OUT_PROJ = {
@@ -80,6 +80,14 @@ def _units(model, kind: str) -> list[tuple[str, int, int | None]]:
     ]
 
 
+def _counting(fn, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
 def _replace(unit: int | None, value: torch.Tensor):
     def hook(act, hook=None):
         act = act.clone()
@@ -93,14 +101,22 @@ def _replace(unit: int | None, value: torch.Tensor):
 
 
 @pytest.mark.parametrize("family", ON_THIS_LINE)
-def test_patching_equals_plain_hooks(family, family_model):
+def test_patching_equals_plain_hooks(family, family_model, monkeypatch):
     model, _ = family_model(family)
     task = small_task(model)
     kinds = ("heads", "neurons", "mlps")
     assert tls.adapter(model).why_hooks == WHY_HOOKS[family]
+    model(task.clean)  # a forward first: HuggingFace installs its own hooks then, which must not count as a user's
+    hooked = []  # the hooked forwards patch runs: none where the fast path is taken
+    monkeypatch.setattr(Adapter, "forward_from", _counting(Adapter.forward_from, hooked))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fast path, where it applies, agrees with the model: no fallback
         scores = tls.patch(model, task, kinds=kinds)
+        by_pos = tls.patch(model, task, kinds="heads", per_position=True)
+    assert (len(hooked) == 0) == (WHY_HOOKS[family] == ""), len(hooked)
+    monkeypatch.undo()
+    slow = tls.patch(model, task, kinds="heads", per_position=True, fast=False)
+    assert (by_pos.raw_heads - slow.raw_heads).abs().max() <= TOL
     names = {tlmodel.site_hook(k, layer) for k in kinds for layer in range(model.cfg.n_layers)}
     _, clean = tlmodel.run_cache(model, task.clean, names)
     for kind in kinds:
@@ -211,3 +227,22 @@ def test_search_edges_and_generation_under_ablation_run(family, family_model):
         nxt = tlmodel.run_logits(model, tokens, hooks)[:, -1].argmax(-1, keepdim=True)
         tokens = torch.cat([tokens, nxt], dim=1)
     assert torch.equal(out.cpu(), tokens.cpu())
+
+
+@pytest.mark.parametrize("family", ON_THIS_LINE)
+def test_ablated_runs_take_the_path_the_table_says_with_the_hooked_numbers(family, family_model):
+    """The ablated forwards of find_circuit, evaluate, factorize and decompose (AblatedRuns) run over the weights
+    where the README's table says so, and give the hooked forward's logits (zero and mean ablation, keep-only)."""
+    model, _ = family_model(family)
+    task = small_task(model)
+    ablator = Ablator(model, ablation="mean", reference=task.corrupt)
+    sets = [["L0H1", "L1N3"], ["L1N5", "MLP1"], ["L1H0"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weight-level forward agrees with the hooked one: no fallback
+        runs = AblatedRuns(model, ablator, [task])
+        got = [runs.finals(s)[0] for s in sets] + [runs.finals(["L0H0", "L1H1"], keep_only=True)[0]]
+    assert (runs.weights is not None) == (WHY_HOOKS[family] == "")
+    for s, logits in zip([*sets, None], got, strict=True):
+        hooks = ablator.hooks(s) if s is not None else ablator.hooks(["L0H0", "L1H1"], keep_only=True)
+        expected = task.final_logits(tlmodel.run_logits(model, task.clean, hooks))
+        assert (logits - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max())), s

@@ -128,10 +128,10 @@ def test_the_adapter_reads_the_line_off_the_model_not_the_installed_package(indu
 
 def test_the_adapter_says_why_an_architecture_runs_through_hooks(mlp_model, monkeypatch):
     for flag, value, why in [
-        ("gated_mlp", True, "gated MLP"),
-        ("positional_embedding_type", "rotary", "rotary positions"),
-        ("attn_scores_soft_cap", 50.0, "soft-capped scores or logits"),
-        ("parallel_attn_mlp", True, "parallel attention and MLP"),
+        ("positional_embedding_type", "alibi", "alibi positions"),
+        ("use_qk_norm", True, "q/k norms"),
+        ("attention_dir", "bidirectional", "bidirectional attention"),
+        ("act_fn", "solu_ln", "activation 'solu_ln'"),
     ]:
         with monkeypatch.context() as m:
             m.setattr(mlp_model.cfg, flag, value)

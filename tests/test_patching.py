@@ -183,8 +183,8 @@ def test_per_example_effects(mlp_model, mlp_task):
 def test_fast_path_falls_back_when_it_disagrees_with_the_model(mlp_model, mlp_task, monkeypatch):
     real = tlmodel.Adapter.standard_weights
 
-    def wrong(self):
-        w = real(self)
+    def wrong(self, *args):
+        w = real(self, *args)
         return dataclasses.replace(w, W_U=w.W_U * 1.01)  # a forward that is not the model's
 
     monkeypatch.setattr(tlmodel.Adapter, "standard_weights", wrong)

@@ -276,7 +276,7 @@ class AblatedRuns:
         device = tlmodel.first_param_device(model)
         self.adapter = ad = tlmodel.adapter(model)
         fast = ablator.ablation in ("zero", "mean") and not ablator.per_position and ad.causal and not ad.has_hooks()
-        self.weights = ad.standard_weights() if fast else None
+        self.weights = ad.standard_weights(max(t.seq_len for t in self.tasks)) if fast and self.tasks else None
         self._checked = self.weights is None
         n_layers = self.info.n_layers
         tokens = sum(t.batch * t.seq_len for t in self.tasks)
@@ -452,7 +452,7 @@ class _View:
                 return self.anchors[kept][1]
             layer = min(c.layer for c in differ)
             heads = any(c.layer == layer and c.kind == "heads" for c in differ)
-            start = (layer, "pre" if heads else "attn")
+            start = (layer, "pre" if heads or self.runner.parallel else "attn")
             if best is None or _rank(start) > best[0]:
                 best = (_rank(start), kept, start)
         assert best is not None

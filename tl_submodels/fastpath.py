@@ -3,11 +3,15 @@
 Patching one component in layer ``l`` leaves every earlier layer, and every position before the
 first clean/corrupt difference, exactly as in the unpatched run (attention is causal); and it
 changes the residual stream by an amount known without running the patched layer: a head's
-``(z_new - z) @ W_O[h]``, a neuron's ``(post_new - post) * W_out[n]``, an MLP's output difference.
-This module continues a standard pre-norm transformer from that point (after the patched layer's
-attention or MLP), on the positions from the first difference on, reusing the cached keys and
-values of the shared prefix, and in the last layer computes queries, MLP and unembedding only at
-the positions the metric reads (one per example, or several). Many patched copies of the batch run
+``(z_new - z) @ W_O[h]``, a neuron's ``(post_new - post) * W_out[n]``, an MLP's output difference
+(through the norm on the output where there is one, Gemma 2).
+This module continues a pre-norm transformer from that point (after the patched layer's attention
+or MLP; after the whole layer where attention and MLP run in parallel): learned or rotary positions,
+LayerNorm or RMS norm, plain or gated MLPs, grouped key-value heads, norms after attention and MLP,
+soft caps and sliding windows, as :class:`~tl_submodels.model.adapter.StandardWeights` describes;
+on the positions from the first difference on, reusing the cached keys and values of the shared
+prefix, and in the last layer computes queries, MLP and unembedding only at the positions the
+metric reads (one per example, or several). Many patched copies of the batch run
 in one call.
 
 patching.py checks the logits of this path against the model's own forward on every call and
@@ -87,13 +91,38 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[-1])
 
 
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, adjacent: bool) -> Tensor:
+    """Rotary positions on ``x`` ``[rows, pos, heads, d_head]`` with tables ``[rows or 1, pos, rotary_dim]``: the
+    first ``rotary_dim`` dimensions turn in pairs (the two halves, or adjacent pairs), the rest pass through."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    if adjacent:
+        flip = torch.stack([-rot[..., 1::2], rot[..., ::2]], dim=-1).flatten(-2)
+    else:
+        flip = torch.cat([-rot[..., r // 2 :], rot[..., : r // 2]], dim=-1)
+    turned = rot * cos[:, :, None] + flip * sin[:, :, None]
+    return torch.cat([turned, rest], dim=-1) if rest.shape[-1] else turned
+
+
+def _allowed(q_at: Tensor, keys: Tensor, window: int | None) -> Tensor:
+    """Which keys (absolute positions ``[nk]``) each query (``[batch or 1, nq]``) sees: causal, within the window."""
+    ok = keys[None, None, :] <= q_at[:, :, None]
+    if window is not None:
+        ok = ok & (q_at[:, :, None] - keys[None, None, :] < window)
+    return ok
+
+
+def _soft_cap(x: Tensor, cap: float) -> Tensor:
+    return cap * torch.tanh(x / cap) if cap > 0 else x
+
+
 class PrefixRunner:
     """Runs ``copies`` patched copies of a batch from a layer on, over the suffix positions.
 
     Args:
-        weights: the model's weights in TL layout.
-        prefix_k, prefix_v: per layer, the cached keys/values of positions ``[0, start)``,
-            ``[batch, start, head_index, d_head]`` (shared by every copy).
+        weights: the model's weights in TL layout (:meth:`tl_submodels.model.Adapter.standard_weights`).
+        prefix_k, prefix_v: per layer, the cached keys (before any rotary) and values of positions
+            ``[0, start)``, ``[batch, start, kv_head, d_head]`` (shared by every copy).
         start: the first position that differs between the two runs (at most the first read).
         out_pos: the position the metric reads, per example ``[batch]``; or the ``n`` positions it
             reads ``[batch, n]`` (every entry a valid position: a padded slot repeats a read).
@@ -109,28 +138,49 @@ class PrefixRunner:
     def __init__(
         self,
         weights: StandardWeights,
-        prefix_k: list[Float[Tensor, "batch prefix head_index d_head"] | None],
-        prefix_v: list[Float[Tensor, "batch prefix head_index d_head"] | None],
+        prefix_k: list[Float[Tensor, "batch prefix kv_head d_head"] | None],
+        prefix_v: list[Float[Tensor, "batch prefix kv_head d_head"] | None],
         start: int,
         out_pos: Int[Tensor, " batch"] | Int[Tensor, "batch n"],
         prune_last: bool = True,
     ) -> None:
         self.w = weights
-        self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.start = start
         self.one_read = out_pos.ndim == 1  # [batch]: logits [rows, d_vocab]; [batch, n]: [rows, n, d_vocab]
         self.out_pos = out_pos[:, None] if self.one_read else out_pos  # [batch, n]
         self.prune_last = prune_last
         self.n_layers, self.n_heads, _, self.d_head = weights.W_Q.shape
-        # 2-D weights for single matrix products: [d_model, 3 * heads * d_head] for q, k, v.
+        self.n_kv = weights.W_K.shape[1]
+        self.parallel = weights.parallel
+        # 2-D weights for single matrix products: [d_model, (heads + 2 kv_heads) * d_head] for q, k, v.
         self.W_QKV = [
-            einops.rearrange(torch.stack([weights.W_Q[l], weights.W_K[l], weights.W_V[l]]), "t h d e -> d (t h e)")
+            torch.cat([einops.rearrange(w[l], "h d e -> d (h e)") for w in (weights.W_Q, weights.W_K, weights.W_V)], 1)
             for l in range(self.n_layers)
         ]
         self.b_QKV = [
-            torch.stack([weights.b_Q[l], weights.b_K[l], weights.b_V[l]]).flatten() for l in range(self.n_layers)
+            torch.cat([b[l].flatten() for b in (weights.b_Q, weights.b_K, weights.b_V)]) for l in range(self.n_layers)
         ]
         self.W_O2 = [einops.rearrange(weights.W_O[l], "h e d -> (h e) d") for l in range(self.n_layers)]
+        # gated MLPs: the gate and the input in one product, [d_model, 2 * d_mlp]
+        self.W_GI = None
+        if weights.W_gate is not None and weights.W_in is not None and weights.b_in is not None:
+            self.W_GI = [torch.cat([weights.W_gate[l], weights.W_in[l]], 1) for l in range(self.n_layers)]
+            self.b_GI = [torch.cat([torch.zeros_like(weights.b_in[l]), weights.b_in[l]]) for l in range(self.n_layers)]
+        self.prefix_k = [self._rope(k, None, 0) if k is not None else None for k in prefix_k]
+        self.prefix_v = prefix_v
+
+    def _rope(self, x: Tensor, pos: Tensor | None, first: int) -> Tensor:
+        """``x`` ``[rows, p, heads, d_head]`` turned to its positions: ``first .. first + p - 1`` for every row, or
+        ``pos`` ``[batch, p]`` (rows copy-major over the batch)."""
+        cos, sin = self.w.rotary_cos, self.w.rotary_sin
+        if cos is None or sin is None:
+            return x
+        if pos is None:
+            c, s = cos[None, first : first + x.shape[1]], sin[None, first : first + x.shape[1]]
+        else:
+            idx = pos.to(cos.device).repeat(x.shape[0] // pos.shape[0], 1)
+            c, s = cos[idx], sin[idx]
+        return _rotate(x, c.to(x.dtype), s.to(x.dtype), self.w.rotary_adjacent)
 
     def run(
         self,
@@ -146,20 +196,23 @@ class PrefixRunner:
         ``[rows, d_vocab]`` for a ``[batch]`` ``out_pos``, ``[rows, n, d_vocab]`` for ``[batch, n]``.
 
         ``resid`` is the residual stream over the suffix positions at a point of ``layer``: its
-        entry (``"pre"``), after its attention (``"attn"``) or after its MLP (``"mlp"``). Rows are
-        ``copies x batch``, copy-major (row ``c * batch + b`` is example ``b``). ``ablate``: per
-        layer, units set to fixed values in every row, from ``layer`` on (an ablated run).
-        ``capture``: filled with the residual stream at each layer's entry (``(l, "pre")``) and after
-        its attention (``(l, "attn")``) from ``resid`` on; with ``prune_last`` the last layer's
-        ``"attn"`` holds the read positions only, ``[rows, n, d_model]``: pass it back with
-        ``read_only=True``.
+        entry (``"pre"``), after its attention (``"attn"``; not in parallel blocks, where the MLP reads
+        the block's entry) or after its MLP (``"mlp"``). Rows are ``copies x batch``, copy-major (row
+        ``c * batch + b`` is example ``b``). ``ablate``: per layer, units set to fixed values in every
+        row, from ``layer`` on (an ablated run). ``capture``: filled with the residual stream at each
+        layer's entry (``(l, "pre")``) and after its attention (``(l, "attn")``, not in parallel blocks)
+        from ``resid`` on; with ``prune_last`` the last layer's ``"attn"`` holds the read positions
+        only, ``[rows, n, d_model]``: pass it back with ``read_only=True``.
         """
+        if after == "attn" and self.parallel:
+            raise ValueError("parallel blocks have no residual stream between attention and MLP: start at 'pre'")
         w, d = self.w, self.start
         batch = self.out_pos.shape[0]
         rows, s, _ = resid.shape
         copies = rows // batch
         device = resid.device
-        q_rel = (self.out_pos - d).to(device)  # [batch, n]
+        q_abs = self.out_pos.to(device)  # [batch, n]: the read positions
+        q_rel = q_abs - d
         x = resid
         first = layer if after == "pre" else layer + 1
         gathered = read_only  # whether x holds only the read positions yet
@@ -167,48 +220,75 @@ class PrefixRunner:
             x, gathered = self._gather(x, q_rel, copies), True
         ablate = ablate or {}
         if after == "attn":
-            x = self._mlp(x, layer, ablate.get(layer))
-        he = self.n_heads * self.d_head
+            x = x + self._mlp(x, layer, ablate.get(layer))
+        he, kve = self.n_heads * self.d_head, self.n_kv * self.d_head
+        suffix = torch.arange(d, d + s, device=device)
         for l in range(first, self.n_layers):
             if capture is not None:
                 capture[(l, "pre")] = x
+            abl = ablate.get(l)
             h = _norm(x, w.ln1[l], w.normalization, w.eps)
-            if l == self.n_layers - 1 and self.prune_last:  # queries, MLP, unembedding only where the metric reads
+            last = l == self.n_layers - 1 and self.prune_last
+            if last:  # queries, MLP, unembedding only where the metric reads
                 kv = _linear(h, self.W_QKV[l][:, he:], self.b_QKV[l][he:])
-                k, v = kv[..., :he], kv[..., he:]
+                k, v = kv[..., :kve], kv[..., kve:]
                 h = self._gather(h, q_rel, copies)
                 x, gathered = self._gather(x, q_rel, copies), True
                 q = _linear(h, self.W_QKV[l][:, :he], self.b_QKV[l][:he])
-                allowed = torch.arange(s, device=device)[None, None, :] <= q_rel[:, :, None]  # [batch, n, s]
+                q_at = q_abs  # [batch, n]
             else:
-                q, k, v = _linear(h, self.W_QKV[l], self.b_QKV[l]).split(he, dim=-1)
-                allowed = torch.ones(s, s, dtype=torch.bool, device=device).tril()[None]
-            q, k, v = (t.unflatten(-1, (self.n_heads, self.d_head)) for t in (q, k, v))
+                q, k, v = _linear(h, self.W_QKV[l], self.b_QKV[l]).split([he, kve, kve], dim=-1)
+                q_at = suffix[None]  # [1, s]
+            q = q.unflatten(-1, (self.n_heads, self.d_head))
+            k, v = (t.unflatten(-1, (self.n_kv, self.d_head)) for t in (k, v))
+            q = self._rope(q, q_abs if last else None, d)
+            k = self._rope(k, None, d)
             scale = w.attn_scale * (l + 1 if w.scale_by_layer else 1)
-            z = self._attend(q, k, v, l, allowed, copies, scale)
-            abl = ablate.get(l)
+            z = self._attend(q, k, v, l, q_at, suffix, copies, scale)
             if abl is not None and abl.heads is not None:
                 z[:, :, abl.heads] = abl.head_values if abl.head_values is not None else 0.0
-            x = x + _linear(z.flatten(-2), self.W_O2[l], w.b_O[l])
+            attn_out = _linear(z.flatten(-2), self.W_O2[l], w.b_O[l])
+            if w.ln1_post is not None:
+                attn_out = _norm(attn_out, w.ln1_post[l], w.normalization, w.eps)
+            if self.parallel:  # the MLP reads the block's entry too
+                x = x + attn_out + self._mlp(x, l, abl)
+                continue
+            x = x + attn_out
             if capture is not None:
                 capture[(l, "attn")] = x
-            x = self._mlp(x, l, abl)
+            x = x + self._mlp(x, l, abl)
         if not gathered:  # started after the last layer's MLP, or prune_last is off
             x = self._gather(x, q_rel, copies)
         x = _norm(x[:, 0] if self.one_read else x, w.ln_final, w.normalization, w.eps)
-        return x @ w.W_U + w.b_U
+        return _soft_cap(x @ w.W_U + w.b_U, w.logit_soft_cap)
 
     def _mlp(self, x: Tensor, layer: int, ablate: LayerAblation | None = None) -> Tensor:
+        """What the layer's MLP adds to the residual stream ``x`` (its output, after any norm on it)."""
         w = self.w
         if w.W_in is None or w.b_in is None or w.W_out is None or w.b_out is None:
-            return x
+            return torch.zeros_like(x)
         if ablate is not None and ablate.mlp_value is not None:  # the whole MLP's output replaced
-            return x + ablate.mlp_value
+            return ablate.mlp_value.expand_as(x)
         h = _norm(x, w.ln2[layer], w.normalization, w.eps)
-        post = _act(_linear(h, w.W_in[layer], w.b_in[layer]), w.act_fn)
+        if self.W_GI is not None:
+            gate, pre = _linear(h, self.W_GI[layer], self.b_GI[layer]).chunk(2, dim=-1)
+            post = _act(gate, w.act_fn) * pre
+        else:
+            post = _act(_linear(h, w.W_in[layer], w.b_in[layer]), w.act_fn)
         if ablate is not None and ablate.neurons is not None:
             post[..., ablate.neurons] = ablate.neuron_values if ablate.neuron_values is not None else 0.0
-        return x + _linear(post, w.W_out[layer], w.b_out[layer])
+        out = _linear(post, w.W_out[layer], w.b_out[layer])
+        return out if w.ln2_post is None else _norm(out, w.ln2_post[layer], w.normalization, w.eps)
+
+    def post_attn(self, layer: int, raw: Tensor) -> Tensor:
+        """What the attention adds to the residual stream given its raw output ``raw`` (sum of heads + b_O)."""
+        w = self.w
+        return raw if w.ln1_post is None else _norm(raw, w.ln1_post[layer], w.normalization, w.eps)
+
+    def post_mlp(self, layer: int, raw: Tensor) -> Tensor:
+        """What the MLP adds to the residual stream given its raw output ``raw``."""
+        w = self.w
+        return raw if w.ln2_post is None else _norm(raw, w.ln2_post[layer], w.normalization, w.eps)
 
     @staticmethod
     def _gather(t: Tensor, q_rel: Tensor, copies: int) -> Tensor:
@@ -217,18 +297,26 @@ class PrefixRunner:
         return t[torch.arange(t.shape[0], device=t.device)[:, None], idx]
 
     def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, layer: int, allowed: Tensor, copies: int, scale: float
+        self, q: Tensor, k: Tensor, v: Tensor, layer: int, q_at: Tensor, suffix: Tensor, copies: int, scale: float
     ) -> Tensor:
-        q5, k5, v5 = (einops.rearrange(t, "(c b) p h e -> c b p h e", c=copies) for t in (q, k, v))
-        scores = torch.einsum("cbqhe,cbkhe->cbhqk", q5, k5) / scale
-        scores = scores.masked_fill(~allowed[None, :, None], float("-inf"))
+        """Attention of queries at absolute positions ``q_at`` (``[batch or 1, nq]``) over the prefix's keys and the
+        suffix's (at ``suffix``); query heads grouped over their key-value head."""
+        g = self.n_heads // self.n_kv
+        q6 = einops.rearrange(q, "(c b) p (j g) e -> c b p j g e", c=copies, g=g)
+        k5, v5 = (einops.rearrange(t, "(c b) p j e -> c b p j e", c=copies) for t in (k, v))
+        cap, window = self.w.attn_soft_cap, (self.w.windows[layer] if self.w.windows else None)
+
+        scores = _soft_cap(torch.einsum("cbqjge,cbkje->cbjgqk", q6, k5) / scale, cap)
+        scores = scores.masked_fill(~_allowed(q_at, suffix, window)[None, :, None, None], float("-inf"))
         if self.start > 0:
             kp, vp = self.prefix_k[layer], self.prefix_v[layer]
             assert kp is not None and vp is not None, "a prefix needs its cached keys and values"
-            pre = torch.einsum("cbqhe,bkhe->cbhqk", q5, kp) / scale
+            pre = _soft_cap(torch.einsum("cbqjge,bkje->cbjgqk", q6, kp) / scale, cap)
+            prefix_pos = torch.arange(self.start, device=q.device)
+            pre = pre.masked_fill(~_allowed(q_at, prefix_pos, window)[None, :, None, None], float("-inf"))
             pattern = torch.cat([pre, scores], dim=-1).softmax(-1)
-            z = torch.einsum("cbhqk,bkhe->cbqhe", pattern[..., : self.start], vp)
-            z = z + torch.einsum("cbhqk,cbkhe->cbqhe", pattern[..., self.start :], v5)
+            z = torch.einsum("cbjgqk,bkje->cbqjge", pattern[..., : self.start], vp)
+            z = z + torch.einsum("cbjgqk,cbkje->cbqjge", pattern[..., self.start :], v5)
         else:
-            z = torch.einsum("cbhqk,cbkhe->cbqhe", scores.softmax(-1), v5)
-        return einops.rearrange(z, "c b p h e -> (c b) p h e")
+            z = torch.einsum("cbjgqk,cbkje->cbqjge", scores.softmax(-1), v5)
+        return einops.rearrange(z, "c b p j g e -> (c b) p (j g) e")

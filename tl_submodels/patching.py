@@ -204,12 +204,13 @@ def patch(
     # The fast path runs over the weights, so hooks the caller has on the model (e.g. inside
     # `with model.hooks(...)`) would not apply there: patch through hooks then.
     ad = tlmodel.adapter(model)
-    use_fast = fast and ad.causal and not ad.has_hooks() and all(n in model.hook_dict for n in _fast_names(info, kinds))
+    names = _fast_names(info, kinds, ad.parallel_blocks)
+    use_fast = fast and ad.causal and not ad.has_hooks() and all(n in model.hook_dict for n in names)
     # The fast path holds TL-layout copies of (at most all) the blocks' weights: only when those would take
     # at most half the budget (decided before they are made).
     if batch_size is None and ad.blocks_mb() > max_memory_mb / 2:
         use_fast = False
-    weights = ad.standard_weights() if use_fast else None
+    weights = ad.standard_weights(task.seq_len) if use_fast else None
     plan = plan_patch(
         info, task, kinds=kinds, per_position=per_position, direction=direction, batch_size=batch_size,
         max_memory_mb=max_memory_mb, weights_mb=0.0 if weights is None else _copied_mb(model, weights),
@@ -282,8 +283,11 @@ def _patch_examples(
 
     sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(n_layers)]
     resid_names = [tlmodel.hook_resid_pre(layer) for layer in range(n_layers)]
-    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
-    fast_names = _fast_names(info, kinds)
+    # Where a head's change joins the residual stream: after its layer's attention, or after the whole layer
+    # where attention and MLP run in parallel (the MLP reads the block's entry: the head cannot change it).
+    parallel = weights is not None and weights.parallel
+    after_attn = tlmodel.hook_resid_mid if info.has_mlps and not parallel else tlmodel.hook_resid_post
+    fast_names = _fast_names(info, kinds, parallel)
     # One forward over both runs (rows are independent): source rows first, then base rows.
     names = set(sites) | set(resid_names) | (set(fast_names) if weights else set())
     both_logits, both = tlmodel.run_cache(model, torch.cat([source_tokens, base_tokens]), names)
@@ -315,6 +319,7 @@ def _patch_examples(
             )
 
         runner = make_runner(torch.arange(batch))
+        post_norm = _PostNorm(runner, weights, base, start, info.has_mlps)
         # Check the weight-level forward against the model's own logits (on a few examples: the
         # arithmetic is the same for every row).
         rows = torch.arange(min(batch, 4))
@@ -356,7 +361,9 @@ def _patch_examples(
                 if runner is not None and weights is not None:
                     # Start right after the patched site: its effect is a known change of the residual.
                     delta = _site_delta(g, lo, hi, start, source[site] - base[site], weights)
-                    stage: Stage = "attn" if g.kind == "heads" else "mlp"
+                    if weights.ln1_post is not None:  # norms on the outputs: the change passes through them
+                        delta = post_norm.added_change(g, delta, hi - lo)
+                    stage: Stage = "attn" if g.kind == "heads" and not parallel else "mlp"
                     after = (after_attn if g.kind == "heads" else tlmodel.hook_resid_post)(g.layer)
                     resid = base[after][:, start:].repeat(hi - lo, 1, 1) + delta.to(base[after].device)
                     final = runner.run(resid, g.layer, stage)
@@ -419,6 +426,49 @@ def _site_delta(
     else:
         delta = diff[None] * where[:, None, :, None]
     return einops.rearrange(delta, "c b s d -> (c b) s d")
+
+
+class _PostNorm:
+    """Patching where attention and MLP outputs are normalised before they join the residual stream (Gemma 2).
+
+    A patch changes the raw output (a head's ``dz @ W_O[h]``, a neuron's ``dpost * W_out[n]``); what joins the
+    residual is the norm of the new raw output, less what joined it unpatched (the cached residual streams'
+    difference). The raw outputs of the unpatched run are recomputed from the cached ``z`` and MLP
+    activations, once per layer. An MLP's own hook (``hook_mlp_out``) holds what joins the residual on both
+    lines: its change needs no norm.
+    """
+
+    def __init__(self, runner: PrefixRunner, w: StandardWeights, base: dict[str, Tensor], start: int, mlps: bool):
+        self.runner, self.w, self.base, self.start, self.mlps = runner, w, base, start, mlps
+        self._raw: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+
+    def _suffix(self, name: str) -> Tensor:
+        return self.base[name][:, self.start :]
+
+    def _raw_and_added(self, kind: str, layer: int) -> tuple[Tensor, Tensor]:
+        """(raw output, what joined the residual) of the unpatched run at the suffix."""
+        key = (kind, layer)
+        if key not in self._raw:
+            w = self.w
+            if kind == "heads":
+                added = self._suffix(tlmodel.hook_resid_mid(layer)) - self._suffix(tlmodel.hook_resid_pre(layer))
+                z = self._suffix(tlmodel.hook_z(layer))
+                raw = torch.einsum("bshe,hed->bsd", z, w.W_O[layer].to(z.device)) + w.b_O[layer].to(z.device)
+            else:
+                assert w.W_out is not None and w.b_out is not None
+                added = self._suffix(tlmodel.hook_resid_post(layer)) - self._suffix(tlmodel.hook_resid_mid(layer))
+                post = self._suffix(tlmodel.hook_post(layer))
+                raw = post @ w.W_out[layer].to(post.device) + w.b_out[layer].to(post.device)
+            self._raw[key] = (raw, added)
+        return self._raw[key]
+
+    def added_change(self, g: Any, delta: Tensor, copies: int) -> Tensor:
+        """The change of the residual stream, ``[copies x batch, suffix, d_model]``, for raw changes ``delta``."""
+        if g.kind == "mlps":
+            return delta
+        raw, added = self._raw_and_added(g.kind, g.layer)
+        norm = self.runner.post_attn if g.kind == "heads" else self.runner.post_mlp
+        return norm(g.layer, raw.repeat(copies, 1, 1) + delta) - added.repeat(copies, 1, 1)
 
 
 def _restrict(
@@ -497,9 +547,10 @@ class _Patcher:
         return self(act, pos)
 
 
-def _fast_names(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...]) -> list[str]:
-    """The hook points the fast path caches: the sites, keys, values and the residual stream after each half-layer."""
-    after_attn = tlmodel.hook_resid_mid if info.has_mlps else tlmodel.hook_resid_post
+def _fast_names(info: tlmodel.ModelInfo, kinds: tuple[Kind, ...], parallel: bool = False) -> list[str]:
+    """The hook points the fast path caches: the sites, keys, values and the residual stream after each half-layer
+    (after each layer only, where attention and MLP run in parallel)."""
+    after_attn = tlmodel.hook_resid_mid if info.has_mlps and not parallel else tlmodel.hook_resid_post
     sites = [tlmodel.site_hook(kind, layer) for kind in kinds for layer in range(info.n_layers)]
     return sites + [
         h(layer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.model.hooks import hook_attn_out_norm, hook_attn_reads, hook_mlp_in
+from tl_submodels.model.hooks import hook_attn_out_norm, hook_attn_reads, hook_mlp_in, hook_rotary
 from tl_submodels.model.info import ModelInfo, model_info
 
 __all__ = ["Adapter", "StandardWeights", "adapter"]
@@ -30,7 +30,14 @@ Line = Literal[2, 4, 0]
 
 @dataclass(frozen=True, kw_only=True)
 class StandardWeights:
-    """Weights of a standard (GPT-2 style) transformer in TL layout, read from either line."""
+    """Weights of a pre-norm transformer in TL layout, read from either line, and the options the
+    weight-level forward (:mod:`tl_submodels.fastpath`) needs to run it exactly.
+
+    Covers learned and rotary positions (partial rotary, adjacent or half-split pairs), LayerNorm and
+    RMS norm, plain and gated MLPs, grouped key-value heads (``W_K``/``W_V`` hold ``kv_heads`` heads),
+    parallel attention and MLP, norms after attention and MLP, soft-capped scores and logits, and
+    local (sliding-window) attention. Absent biases are zeros.
+    """
 
     normalization: str | None  # "LN", "LNPre", "RMS", "RMSPre" or None
     eps: float
@@ -41,7 +48,7 @@ class StandardWeights:
     ln2: list[tuple[Tensor | None, Tensor | None]]
     W_Q: Tensor  # [layer, head, d_model, d_head]
     b_Q: Tensor
-    W_K: Tensor
+    W_K: Tensor  # [layer, kv_head, d_model, d_head]
     b_K: Tensor
     W_V: Tensor
     b_V: Tensor
@@ -54,17 +61,40 @@ class StandardWeights:
     ln_final: tuple[Tensor | None, Tensor | None]
     W_U: Tensor
     b_U: Tensor
+    W_gate: Tensor | None = None  # [layer, d_model, d_mlp]: post = act(x @ W_gate) * (x @ W_in + b_in)
+    parallel: bool = False  # attention and MLP both read the residual entering the block
+    # norms on the attention and MLP outputs before they join the residual (Gemma 2), per layer
+    ln1_post: list[tuple[Tensor | None, Tensor | None]] | None = None
+    ln2_post: list[tuple[Tensor | None, Tensor | None]] | None = None
+    rotary_cos: Tensor | None = None  # [pos, rotary_dim]: the model's own tables, for positions 0 ..
+    rotary_sin: Tensor | None = None
+    rotary_adjacent: bool = False  # rotate pairs (0, 1), (2, 3), ... (GPT-J) instead of the two halves
+    attn_soft_cap: float = 0.0  # scores -> cap * tanh(scores / cap) where > 0
+    logit_soft_cap: float = 0.0
+    windows: tuple[int | None, ...] = ()  # per layer: keys at most this many positions back (None: all)
 
 
 _SUPPORTED_ACT = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
-# cfg flags outside the standard pre-norm transformer the fast path runs: (flag, what it means)
+# cfg flags outside what the fast path runs: (flag, what it means)
 _NOT_STANDARD = (
-    ("gated_mlp", "gated MLP"),
-    ("parallel_attn_mlp", "parallel attention and MLP"),
-    ("use_local_attn", "local attention"),
     ("use_qk_norm", "q/k norms"),
     ("num_experts", "mixture of experts"),
 )
+# TL 4 bridges over these HuggingFace models whose weights, read in TL layout, do not reproduce the model's
+# forward (measured on transformer-lens 4.3: logits 0.45 apart on a tiny random Falcon with multi-query attention)
+_HOOKS_ONLY = {"FalconForCausalLM": "its bridge's fused query/key/value weights do not reproduce its forward"}
+# Modules whose hooks on a model are the libraries' own wiring, not a user's: TransformerLens (TL 4's bridge)
+# and transformers (its output capturing, installed on a HuggingFace model's first forward).
+_WIRING = ("transformer_lens.", "transformers.")
+
+
+def _user_hooks(hp: Any) -> bool:
+    """Whether a hook point holds a hook that is not TransformerLens' own permanent wiring."""
+    handles = [*getattr(hp, "fwd_hooks", []), *getattr(hp, "bwd_hooks", [])]
+    if any(not getattr(h, "is_permanent", False) for h in handles):
+        return True
+    # hooks registered on the module directly, not through HookPoint.add_hook, are not in those lists
+    return len(hp._forward_hooks) + len(hp._backward_hooks) > len(handles)
 
 
 def _line_of(model: Any) -> Line:
@@ -188,9 +218,10 @@ class Adapter:
     def has_hooks(self) -> bool:
         """True while any forward or backward hook is registered on the model: on its hook points, on any of its
         other modules (plain ``register_forward_hook`` too) or globally, i.e. when a shortcut around hooks would
-        differ. TransformerLens' own wiring on other modules (TL 4's bridge adds some) does not count."""
+        differ. The libraries' own wiring does not count: TL 4's bridges add permanent hooks (OPT's) and hooks on
+        other modules, and ``transformers`` installs output-capturing hooks on a HuggingFace model's first forward."""
         model = self.model
-        if any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values()):
+        if any(_user_hooks(hp) for hp in model.hook_dict.values()):
             return True
         glob = torch.nn.modules.module
         if glob._global_forward_hooks or glob._global_forward_pre_hooks or glob._global_backward_hooks:
@@ -201,7 +232,7 @@ class Adapter:
                 continue
             hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, "_backward_pre_hooks", {}))
             for fns in hooks:
-                if any(not getattr(fn, "__module__", "").startswith("transformer_lens") for fn in fns.values()):
+                if any(not (getattr(fn, "__module__", None) or "").startswith(_WIRING) for fn in fns.values()):
                     return True
         return False
 
@@ -285,19 +316,18 @@ class Adapter:
     def why_hooks(self) -> str:
         """Why the weight-level fast path does not apply to this architecture ("" where it does)."""
         cfg = self.model.cfg
-        if self.post_norms:
-            return "norms after attention and MLP"
         for flag, what in _NOT_STANDARD:
             if getattr(cfg, flag, None):
                 return what
-        if getattr(cfg, "positional_embedding_type", "standard") != "standard":
-            return f"{getattr(cfg, 'positional_embedding_type', '?')} positions"
+        if self.line == 4 and self.source.split()[-1] in _HOOKS_ONLY:
+            return _HOOKS_ONLY[self.source.split()[-1]]
+        positions = getattr(cfg, "positional_embedding_type", "standard")
+        if positions not in ("standard", "rotary"):
+            return f"{positions} positions"
+        if positions == "rotary" and self.line == 4 and hook_rotary(0, "cos") not in self.model.hook_dict:
+            return "rotary positions the bridge does not show (no hook_cos)"
         if not self.causal:
             return "bidirectional attention"
-        if (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0 or (
-            getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0
-        ) > 0:
-            return "soft-capped scores or logits"
         if getattr(cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre", None):
             return f"normalization {getattr(cfg, 'normalization_type', None)!r}"
         if self.info.has_mlps and getattr(cfg, "act_fn", None) not in _SUPPORTED_ACT:
@@ -311,19 +341,58 @@ class Adapter:
         """``"weights"`` where exact runs can go over the weights (:mod:`tl_submodels.fastpath`), else ``"hooks"``."""
         return "hooks" if self.why_hooks else "weights"
 
-    def standard_weights(self) -> StandardWeights | None:
-        """TL-layout weights where the model is a plain pre-norm transformer on one device, else None.
+    def standard_weights(self, n_pos: int | None = None) -> StandardWeights | None:
+        """TL-layout weights where the fast path covers the model (see :attr:`why_hooks`), else None.
 
-        Architectures outside that family (see :attr:`why_hooks`) return None and are run through
-        hooks instead. Callers check the fast path's logits against the model's, so a None here is a
-        speed matter only, never a correctness one. Read afresh on every call.
+        ``n_pos``: the longest sequence the forward will run (rotary models: the tables cover positions
+        ``0 .. n_pos - 1``; default ``cfg.n_ctx``). Callers check the fast path's logits against the
+        model's, so a None here is a speed matter only, never a correctness one. Read afresh on every call.
+
+        Example:
+            >>> w = adapter(tls.zoo.load("induction-2l")).standard_weights()
+            >>> tuple(w.W_Q.shape) == (2, 4, 32, 8) and w.rotary_cos is None
+            True
         """
         if self.why_hooks:
             return None
         try:
-            return _read_weights(self.model)
-        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):
+            weights = _read_weights(self)
+            if getattr(self.model.cfg, "positional_embedding_type", "standard") != "rotary":
+                return weights
+            cos, sin = self.rotary_tables(n_pos or int(self.model.cfg.n_ctx))
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError, IndexError):
             return None  # not TL-layout weights after all: hooks
+        return replace(weights, rotary_cos=cos, rotary_sin=sin, rotary_adjacent=self._rotary_adjacent())
+
+    def rotary_tables(self, n_pos: int) -> tuple[Float[Tensor, "pos rotary_dim"], Float[Tensor, "pos rotary_dim"]]:
+        """The cosines and sines a rotary model multiplies its queries and keys by, at positions ``0 .. n_pos - 1``
+        (each frequency twice, in the layout the model pairs dimensions in), as the model itself computes them.
+
+        TL 2 keeps them as buffers; a TL 4 bridge shows them at ``hook_cos``/``hook_sin`` during a forward
+        (one forward of ``n_pos`` tokens reads them: HuggingFace's own rotary module, its scaling included).
+
+        Example:
+            >>> ad = adapter(tls.load_model(folder))  # doctest: +SKIP
+            >>> cos, sin = ad.rotary_tables(16)  # doctest: +SKIP
+        """
+        model = self.model
+        if self.line != 4:
+            attn = model.blocks[0].attn
+            return attn.rotary_cos[:n_pos].detach(), attn.rotary_sin[:n_pos].detach()
+        seen: dict[str, Tensor] = {}
+        names = {hook_rotary(0, "cos"): "cos", hook_rotary(0, "sin"): "sin"}
+
+        def keep(act: Tensor, hook: Any) -> None:
+            seen[names[hook.name]] = act.detach().reshape(-1, act.shape[-1])[-n_pos:]
+
+        probe = torch.zeros(1, n_pos, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            model.run_with_hooks(probe, fwd_hooks=[(n, keep) for n in names])
+        return seen["cos"], seen["sin"]
+
+    def _rotary_adjacent(self) -> bool:
+        """Whether rotary pairs adjacent dimensions (GPT-J in TL 2) rather than the two halves."""
+        return self.line != 4 and bool(getattr(self.model.cfg, "rotary_adjacent_pairs", False))
 
 
 def adapter(model: Any) -> Adapter:
@@ -339,6 +408,11 @@ def adapter(model: Any) -> Adapter:
     return Adapter(model, model_info(model), _line_of(model))
 
 
+def _inner(module: Any) -> Any:
+    """The HuggingFace module a TL 4 bridge component wraps (the module itself elsewhere)."""
+    return getattr(module, "original_component", None) or module
+
+
 def _norm_params(module: Any) -> tuple[Tensor | None, Tensor | None]:
     w = getattr(module, "w", None)
     if w is None:
@@ -346,45 +420,111 @@ def _norm_params(module: Any) -> tuple[Tensor | None, Tensor | None]:
     b = getattr(module, "b", None)
     if b is None:
         b = getattr(module, "bias", None)
-    return (None if w is None else w.detach(), None if b is None else b.detach())
+    w = None if w is None else w.detach()
+    if w is not None and type(_inner(module)).__name__.startswith("Gemma"):
+        w = 1.0 + w  # HuggingFace's Gemma norms scale by (1 + weight); TL 2 folds the 1 in
+    return (w, None if b is None else b.detach())
 
 
-def _read_weights(model: Any) -> StandardWeights:
+def _eps(ad: Adapter) -> float:
+    """The norms' epsilon: the HuggingFace module's own where there is one (TL 4 bridges), else the cfg's."""
+    inner = _inner(ad.model.blocks[0].ln1)
+    for name in ("variance_epsilon", "eps"):
+        value = getattr(inner, name, None)
+        if isinstance(value, float):
+            return value
+    return float(getattr(ad.model.cfg, "eps", 1e-5))
+
+
+def _param(module: Any, *names: str) -> Tensor | None:
+    """The first of ``names`` that ``module`` has as a tensor, detached (None where absent: a bias-free layer)."""
+    for name in names:
+        try:
+            value = getattr(module, name)
+        except (AttributeError, RuntimeError):
+            continue
+        if isinstance(value, Tensor):
+            return value.detach()
+    return None
+
+
+def _stack(values: list[Tensor | None], like: list[Tensor]) -> Tensor:
+    """Per-layer tensors stacked; a missing one (no bias) is zeros shaped like its ``like`` entry."""
+    return torch.stack([torch.zeros_like(r) if v is None else v for v, r in zip(values, like, strict=True)])
+
+
+def _read_weights(ad: Adapter) -> StandardWeights:
+    model = ad.model
     cfg = model.cfg
     attn_only = bool(getattr(cfg, "attn_only", False))
     d_head = int(cfg.d_head)
+    blocks = list(model.blocks)
+    attns = [b.attn for b in blocks]
+    inner_attn = _inner(attns[0])
     scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0)
     if not getattr(cfg, "use_attn_scale", True):
         scale = 1.0
+    elif ad.line == 4 and isinstance(getattr(inner_attn, "scaling", None), float):
+        scale = 1.0 / inner_attn.scaling  # the HuggingFace module's own (Gemma 2: query_pre_attn_scalar)
     elif scale <= 0:
         scale = d_head**0.5
-    norm = getattr(cfg, "normalization_type", None)
-    blocks = list(model.blocks)
-
-    def stack(name: str) -> Tensor:
-        return getattr(model, name).detach()
-
+    W_Q = torch.stack([_param(a, "W_Q") for a in attns])  # type: ignore[misc]
+    W_K = torch.stack([_param(a, "_W_K", "W_K") for a in attns])  # type: ignore[misc]  # TL 2 GQA: the kv heads
+    W_V = torch.stack([_param(a, "_W_V", "W_V") for a in attns])  # type: ignore[misc]
+    W_O = torch.stack([_param(a, "W_O") for a in attns])  # type: ignore[misc]
+    qb, kvb, ob = list(W_Q[:, :, 0]), list(W_K[:, :, 0]), list(W_O[:, 0, 0])
+    parallel = ad.parallel_blocks
+    mlps: dict[str, Tensor | None] = dict.fromkeys(("W_in", "b_in", "W_out", "b_out", "W_gate"))
+    ln2: list[tuple[Tensor | None, Tensor | None]] = [(None, None)] * len(blocks)
+    if not attn_only:
+        ms = [b.mlp for b in blocks]
+        W_in = torch.stack([_param(m, "W_in") for m in ms])  # type: ignore[misc]
+        W_out = torch.stack([_param(m, "W_out") for m in ms])  # type: ignore[misc]
+        gated = bool(getattr(cfg, "gated_mlp", False))
+        mlps = {
+            "W_in": W_in,
+            "b_in": _stack([_param(m, "b_in") for m in ms], list(W_in[:, 0])),
+            "W_out": W_out,
+            "b_out": _stack([_param(m, "b_out") for m in ms], list(W_out[:, 0])),
+            "W_gate": torch.stack([_param(m, "W_gate") for m in ms]) if gated else None,  # type: ignore[misc]
+        }
+        # GPT-J and Falcon (TL 4) run attention and MLP from one norm: ln1 serves both
+        ln2 = [_norm_params(b.ln2 if hasattr(b, "ln2") or not parallel else b.ln1) for b in blocks]
+    post = ad.post_norms
+    windows: list[int | None] = [None] * len(blocks)
+    if ad.line == 4:  # the HuggingFace attention module's own window (None on its global layers)
+        windows = [getattr(_inner(a), "sliding_window", None) for a in attns]
+    elif getattr(cfg, "use_local_attn", False):
+        types = getattr(cfg, "attn_types", None) or ["local"] * len(blocks)
+        windows = [int(cfg.window_size) if t == "local" else None for t in types]
     return StandardWeights(
-        normalization=norm,
-        eps=float(getattr(cfg, "eps", 1e-5)),
+        normalization=getattr(cfg, "normalization_type", None),
+        eps=_eps(ad),
         act_fn=getattr(cfg, "act_fn", None),
         attn_scale=scale,
         scale_by_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),
         ln1=[_norm_params(b.ln1) for b in blocks],
-        ln2=[(None, None) if attn_only else _norm_params(b.ln2) for b in blocks],
-        W_Q=stack("W_Q"),
-        b_Q=stack("b_Q"),
-        W_K=stack("W_K"),
-        b_K=stack("b_K"),
-        W_V=stack("W_V"),
-        b_V=stack("b_V"),
-        W_O=stack("W_O"),
-        b_O=stack("b_O"),
-        W_in=None if attn_only else stack("W_in"),
-        b_in=None if attn_only else stack("b_in"),
-        W_out=None if attn_only else stack("W_out"),
-        b_out=None if attn_only else stack("b_out"),
+        ln2=ln2,
+        W_Q=W_Q,
+        b_Q=_stack([_param(a, "b_Q") for a in attns], qb),
+        W_K=W_K,
+        b_K=_stack([_param(a, "_b_K", "b_K") for a in attns], kvb),
+        W_V=W_V,
+        b_V=_stack([_param(a, "_b_V", "b_V") for a in attns], kvb),
+        W_O=W_O,
+        b_O=_stack([_param(a, "b_O") for a in attns], ob),
+        W_in=mlps["W_in"],
+        b_in=mlps["b_in"],
+        W_out=mlps["W_out"],
+        b_out=mlps["b_out"],
+        W_gate=mlps["W_gate"],
+        parallel=parallel,
+        ln1_post=[_norm_params(b.ln1_post) for b in blocks] if post else None,
+        ln2_post=[_norm_params(b.ln2_post) for b in blocks] if post and not attn_only else None,
         ln_final=_norm_params(model.ln_final),
-        W_U=stack("W_U"),
-        b_U=stack("b_U"),
+        W_U=model.W_U.detach(),
+        b_U=_stack([_param(model, "b_U")], [model.W_U[0].detach()])[0],
+        attn_soft_cap=max(0.0, float(getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0)),
+        logit_soft_cap=max(0.0, float(getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0)),
+        windows=tuple(windows),
     )

@@ -10,7 +10,7 @@ from tl_submodels.components import Component, Kind
 
 __all__ = [
     "component_hook", "hook_attn_out_norm", "hook_attn_reads", "hook_k", "hook_mlp_in", "hook_mlp_out", "hook_pattern", "hook_post",
-    "hook_resid_mid", "hook_resid_post", "hook_resid_pre", "hook_split_input", "hook_v", "hook_z", "site_hook",
+    "hook_resid_mid", "hook_resid_post", "hook_resid_pre", "hook_rotary", "hook_split_input", "hook_v", "hook_z", "site_hook",
 ]  # fmt: skip
 
 
@@ -55,6 +55,11 @@ def hook_k(layer: int) -> str:
 
 def hook_v(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_v"
+
+
+def hook_rotary(layer: int, which: str) -> str:
+    """The rotary table a TL 4 bridge shows at ``layer``: ``which`` is ``"cos"`` or ``"sin"``."""
+    return f"blocks.{layer}.attn.hook_{which}"
 
 
 def site_hook(kind: Kind, layer: int) -> str:
