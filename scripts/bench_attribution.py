@@ -39,6 +39,7 @@ beside one other 2-core process.
 Usage:
     .venv/bin/python scripts/bench_attribution.py
     .venv/bin/python scripts/bench_attribution.py --only find_circuit   # line 3 alone
+    .venv/bin/python scripts/bench_attribution.py --only families       # atp_family: GPT-2 and Llama bridges
 
 With ``--only find_circuit`` the forward time that decides line 3's batch size is the best of
 ``REPEATS`` no-grad forwards of the corrupt batch (line 1's ``forward_seconds``, measured alone).
@@ -401,6 +402,83 @@ def bench_atp_vs_tl4(emit: Emit) -> None:
     )
 
 
+def bench_atp_family(emit: Emit, family: str) -> None:
+    """``atp_family``: as line 2 on a model of ``hf_shapes.py`` (a HuggingFace-backed bridge on TL 4), batch 16 x 32;
+    also counts the model forwards and backward passes one ``tls.attribute`` call makes."""
+    import hf_shapes
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    load_start = round(os.getloadavg()[0], 2)
+    log(f"atp_family {family}")
+    model = hf_shapes.load(family)
+    task = hf_shapes.task(model, SMALL_BATCH, SMALL_SEQ, SMALL_DIFF_AT)
+
+    def tl_loop() -> dict[Any, float]:
+        totals: dict[Any, float] = {}
+        for i in range(task.batch):  # TL's metric reads one example; ours is the batch mean
+            one = task.subset([i])
+            result = attribution_patch(model, one.clean, one.corrupt, one.metric)
+            for node, value in result.node_scores.items():
+                totals[node] = totals.get(node, 0.0) + value / task.batch
+        return totals
+
+    def ours() -> tls.Scores:
+        return tls.attribute(model, task, method="atp", kinds=("heads", "mlps"), per_position=True)
+
+    passes = {"forward": 0, "backward": 0}
+    cls = type(model)
+    real_forward = cls.forward
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        passes["forward"] += 1
+        out = real_forward(self, *args, **kwargs)
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(lambda grad: passes.__setitem__("backward", passes["backward"] + 1))
+        return out
+
+    cls.forward = counted  # type: ignore[method-assign]
+    try:
+        ours()
+    finally:
+        cls.forward = real_forward  # type: ignore[method-assign]
+    rounds, results = timed_rounds({"tl": tl_loop, "ours": ours})
+    tl_s, ours_s = min(rounds["tl"]), min(rounds["ours"])
+    reference, scores = results["tl"], results["ours"]
+    assert scores.heads is not None and scores.mlps is not None
+    gap = scores.clean_metric - scores.corrupt_metric
+    diffs, scale = [], 0.0
+    for node, value in reference.items():
+        if node.kind == "attn_head_out":
+            mine = float(scores.heads[node.layer, node.position, node.head]) * gap
+        elif node.kind == "mlp_out":
+            mine = float(scores.mlps[node.layer, node.position]) * gap
+        else:
+            continue
+        diffs.append(abs(mine - value))
+        scale = max(scale, abs(value))
+    emit(
+        "atp_family",
+        family=family,
+        model=tlmodel.adapter(model).source,
+        load_avg_1m_start=load_start,
+        tl_seconds=tl_s,
+        ours_seconds=ours_s,
+        speedup=tl_s / ours_s,
+        paired_speedup_median=paired_ratio_median(rounds["tl"], rounds["ours"]),
+        rounds=len(rounds["ours"]),
+        target_speedup=">= 5",
+        ours_model_forwards=passes["forward"],
+        ours_backward_passes=passes["backward"],
+        max_abs_diff=max(diffs),
+        max_abs_tl_score=scale,
+        nodes_compared=len(diffs),
+        tl_calls_per_run=task.batch,
+        batch=SMALL_BATCH,
+        seq=SMALL_SEQ,
+        diff_at=SMALL_DIFF_AT,
+    )
+
+
 def bench_find_circuit(emit: Emit, model: Any, fwd_s: float) -> None:
     """Line 3: find_circuit ranked by attribution (checked exactly) vs the exact search, on the GPT-2-shaped model."""
     load_start = round(os.getloadavg()[0], 2)
@@ -463,7 +541,7 @@ def gpt2_forward_seconds() -> tuple[Any, float]:
     return model, min(times[1:])
 
 
-def main(only: str | None = None) -> int:
+def main(only: str | None = None, families: list[str] | None = None) -> int:
     torch.manual_seed(0)
     common = {
         "threads": torch.get_num_threads(),
@@ -478,6 +556,11 @@ def main(only: str | None = None) -> int:
         load = round(os.getloadavg()[0], 2)  # other work on the machine skews every timing
         print(json.dumps({"bench": name, **rounded, **common, "load_avg_1m": load}), flush=True)
 
+    if only == "families":
+        for family in families or ["gpt2", "llama"]:
+            bench_atp_family(emit, family)
+        log("done")
+        return 0
     if only == "find_circuit":
         model, fwd_s = gpt2_forward_seconds()
         bench_find_circuit(emit, model, fwd_s)
@@ -497,7 +580,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Benchmark tls.attribute on CPU.")
     parser.add_argument("--mem-probe", choices=("atp", "fwd_bwd"), help=argparse.SUPPRESS)
     parser.add_argument(
-        "--only", choices=("atp_gpt2_shape", "atp_vs_tl4", "find_circuit"), help="run one benchmark line only"
+        "--only",
+        choices=("atp_gpt2_shape", "atp_vs_tl4", "find_circuit", "families"),
+        help="run one benchmark line only",
     )
+    parser.add_argument("--families", default="gpt2,llama", help="with --only families: hf_shapes.py's models")
     args = parser.parse_args()
-    sys.exit(mem_probe(args.mem_probe) if args.mem_probe else main(args.only))
+    sys.exit(mem_probe(args.mem_probe) if args.mem_probe else main(args.only, args.families.split(",")))

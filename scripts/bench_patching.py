@@ -14,6 +14,7 @@ default memory budget, which on CPU makes tensors far larger than the caches.
 
 Usage:
     .venv/bin/python scripts/bench_patching.py
+    .venv/bin/python scripts/bench_patching.py --families gpt2,llama,gemma2,neox   # hf_shapes.py's models
 """
 
 from __future__ import annotations
@@ -336,5 +337,144 @@ def main() -> int:
     return 0
 
 
+def bench_family(family: str, emit: Callable[..., None]) -> None:
+    """The lines of one family: see :func:`bench_families`."""
+    import hf_shapes
+
+    from tl_submodels.ablation import AblatedRuns, Ablator
+
+    log(f"{family}: building")
+    model = hf_shapes.load(family)
+    ad = tlmodel.adapter(model)
+    task = hf_shapes.task(model, BATCH, SEQ, DIFF_AT)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(task.clean)
+    shape = {"family": family, "model": ad.source, "path": ad.fast_path, "why_hooks": ad.why_hooks}
+
+    def tl_heads() -> Tensor:
+        with torch.no_grad():
+            return tl_patching.get_act_patch_attn_head_out_all_pos(model, task.corrupt, clean_cache, task.metric)
+
+    log(f"{family}: heads_all_pos")
+    ours_s, _, (scores, fb) = best_of(lambda: run_ours(model, task, kinds="heads"), repeats=2)
+    tl_times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        ref = tl_heads()
+        tl_times.append(time.perf_counter() - t0)
+    again, _, _ = best_of(lambda: run_ours(model, task, kinds="heads"), repeats=1)
+    ours_s = min(ours_s, again)
+    emit(
+        "family_heads_all_pos",
+        **shape,
+        tl_seconds=min(tl_times),
+        ours_seconds=ours_s,
+        speedup=min(tl_times) / ours_s,
+        max_abs_diff=max_abs_diff(scores.raw_heads, ref),
+        metric_gap=scores.clean_metric - scores.corrupt_metric,
+        fast_path_fell_back=fb,
+    )
+
+    if family == "llama":
+        log(f"{family}: neurons (sampled)")
+        info = tls.check_model(model, ("neurons",))
+        g = torch.Generator().manual_seed(2)
+        n_total = info.n_layers * info.n_units("neurons")
+        picks = torch.randperm(n_total, generator=g)[:256].tolist()
+        names = [f"L{i // info.n_units('neurons')}N{i % info.n_units('neurons')}" for i in picks]
+        ours_s, _, (nscores, fb) = best_of(lambda: run_ours(model, task, kinds="neurons", components=names), 1)
+        per_ours = ours_s / len(names)
+        one: list[float] = []
+        worst = 0.0
+        for name in names[:N_NEURON_SAMPLES]:
+            c = tls.parse_component(name)
+            hook_name = tlmodel.hook_post(c.layer)
+            src = clean_cache[hook_name][:, :, c.index]
+
+            def hook(act: Tensor, hook: Any = None, src: Tensor = src, n: int = c.index) -> Tensor:
+                act[:, :, n] = src
+                return act
+
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                value = float(task.metric(model.run_with_hooks(task.corrupt, fwd_hooks=[(hook_name, hook)])))
+            one.append(time.perf_counter() - t0)
+            assert nscores.raw_neurons is not None
+            worst = max(worst, abs(value - float(nscores.raw_neurons[c.layer, c.index])))
+        per_tl = sorted(one)[len(one) // 2]
+        emit(
+            "family_neurons",
+            **shape,
+            n_neurons=n_total,
+            ours_neurons_timed=len(names),
+            ours_seconds_per_neuron=per_ours,
+            tl_style_seconds_per_forward_median=per_tl,
+            tl_style_forwards_timed=len(one),
+            speedup=per_tl / per_ours,
+            estimated_ours_seconds_all=per_ours * n_total,
+            estimated_tl_style_seconds_all=per_tl * n_total,
+            max_abs_diff_sampled=worst,
+            fast_path_fell_back=fb,
+        )
+
+    log(f"{family}: ablated forwards")
+    g = torch.Generator().manual_seed(3)
+    pool = [f"L{layer}H{h}" for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    pool += [f"L{layer}N{n}" for layer in range(model.cfg.n_layers) for n in range(0, model.cfg.d_mlp, 7)]
+    sets = [[pool[int(i)] for i in torch.randperm(len(pool), generator=g)[:12]] for _ in range(24)]
+    ablator = Ablator(model, ablation="mean", reference=task.corrupt)
+
+    def sweep() -> tuple[Any, list[Tensor]]:
+        runs = AblatedRuns(model, ablator, [task])
+        return runs, [runs.finals(s)[0] for s in sets]
+
+    fast_s, _, (runs, fast_out) = best_of(sweep, repeats=2)
+    real = tlmodel.Adapter.standard_weights
+    tlmodel.Adapter.standard_weights = lambda self, *a: None  # type: ignore[method-assign]
+    try:
+        hooks_s, _, (_, hooks_out) = best_of(sweep, repeats=2)
+    finally:
+        tlmodel.Adapter.standard_weights = real  # type: ignore[method-assign]
+    emit(
+        "family_ablated_forwards",
+        **shape,
+        sets=len(sets),
+        set_size=12,
+        weights_path=runs.weights is not None,
+        weights_seconds=fast_s,
+        hooks_seconds=hooks_s,
+        speedup=hooks_s / fast_s,
+        max_abs_diff=max(max_abs_diff(a, b) for a, b in zip(fast_out, hooks_out, strict=True)),
+    )
+
+
+def bench_families(families: list[str]) -> int:
+    """One line per family of ``hf_shapes.py`` (the models users load: HuggingFace-backed bridges on TL 4):
+    exact head patching over all positions against TL's ``get_act_patch_attn_head_out_all_pos`` (rounds that
+    call each in turn, after a warm-up of ours; TL under ``torch.no_grad()``); for ``llama``, neurons against
+    one hooked forward per neuron (both sampled, per neuron); and the ablated forwards that ``evaluate``,
+    ``factorize`` and ``diff`` run (``AblatedRuns``, mean ablation of 24 random sets) over the weights
+    against the same through hooks."""
+    common = {
+        "threads": torch.get_num_threads(),
+        "transformer_lens": importlib.metadata.version("transformer-lens"),
+        "torch": torch.__version__,
+        "batch": BATCH,
+        "seq": SEQ,
+        "diff_at": DIFF_AT,
+    }
+
+    def emit(name: str, **fields: Any) -> None:
+        rounded = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in fields.items()}
+        print(json.dumps({"bench": name, **rounded, **common, "load_avg_1m": round(os.getloadavg()[0], 2)}), flush=True)
+
+    for family in families:
+        bench_family(family, emit)
+    log("done")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--families":
+        sys.exit(bench_families(sys.argv[2].split(",")))
     sys.exit(main())

@@ -302,21 +302,32 @@ class PrefixRunner:
         """Attention of queries at absolute positions ``q_at`` (``[batch or 1, nq]``) over the prefix's keys and the
         suffix's (at ``suffix``); query heads grouped over their key-value head."""
         g = self.n_heads // self.n_kv
+        # [c, b, p, kv_head, group, d_head]: the query heads that share a key-value head (one each without GQA)
         q6 = einops.rearrange(q, "(c b) p (j g) e -> c b p j g e", c=copies, g=g)
         k5, v5 = (einops.rearrange(t, "(c b) p j e -> c b p j e", c=copies) for t in (k, v))
+        if g == 1:  # plain multi-head attention: the cheaper products without the group axis
+            q6 = q6.squeeze(-2)
         cap, window = self.w.attn_soft_cap, (self.w.windows[layer] if self.w.windows else None)
-
-        scores = _soft_cap(torch.einsum("cbqjge,cbkje->cbjgqk", q6, k5) / scale, cap)
-        scores = scores.masked_fill(~_allowed(q_at, suffix, window)[None, :, None, None], float("-inf"))
+        qk, pv = (
+            ("cbqje,cbkje->cbjqk", "cbjqk,cbkje->cbqje") if g == 1 else ("cbqjge,cbkje->cbjgqk", "cbjgqk,cbkje->cbqjge")
+        )
+        mask = _allowed(q_at, suffix, window)[None, :, None]  # [1, batch or 1, 1, nq, nk]
+        if g > 1:
+            mask = mask[:, :, :, None]
+        scores = _soft_cap(torch.einsum(qk, q6, k5) / scale, cap).masked_fill(~mask, float("-inf"))
         if self.start > 0:
             kp, vp = self.prefix_k[layer], self.prefix_v[layer]
             assert kp is not None and vp is not None, "a prefix needs its cached keys and values"
-            pre = _soft_cap(torch.einsum("cbqjge,bkje->cbjgqk", q6, kp) / scale, cap)
-            prefix_pos = torch.arange(self.start, device=q.device)
-            pre = pre.masked_fill(~_allowed(q_at, prefix_pos, window)[None, :, None, None], float("-inf"))
+            # the prefix's keys and values are shared by every copy: no copy axis
+            pre = _soft_cap(torch.einsum(qk.replace(",cbkje", ",bkje"), q6, kp) / scale, cap)
+            if window is not None:  # a sliding window can hide prefix keys (without one, all are earlier: seen)
+                pmask = _allowed(q_at, torch.arange(self.start, device=q.device), window)[None, :, None]
+                pre = pre.masked_fill(~(pmask if g == 1 else pmask[:, :, :, None]), float("-inf"))
             pattern = torch.cat([pre, scores], dim=-1).softmax(-1)
-            z = torch.einsum("cbjgqk,bkje->cbqjge", pattern[..., : self.start], vp)
-            z = z + torch.einsum("cbjgqk,cbkje->cbqjge", pattern[..., self.start :], v5)
+            z = torch.einsum(pv.replace(",cbkje", ",bkje"), pattern[..., : self.start], vp)
+            z = z + torch.einsum(pv, pattern[..., self.start :], v5)
         else:
-            z = torch.einsum("cbjgqk,cbkje->cbqjge", scores.softmax(-1), v5)
+            z = torch.einsum(pv, scores.softmax(-1), v5)
+        if g == 1:
+            z = z.unsqueeze(-2)
         return einops.rearrange(z, "c b p j g e -> (c b) p (j g) e")

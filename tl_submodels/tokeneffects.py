@@ -255,6 +255,7 @@ def token_effects(
     }
     sweep = Sweep(len(items), key=key, checkpoint=checkpoint, desc=f"{method} effects", progress=progress)
     full: dict[int, tuple[Tensor, Tensor]] = {}  # chunk -> the unablated log-probs and log-odds [b, seq]
+    fast = _FastCopies.of(model, seq) if method == "ablation" else None  # None: hooked forwards
     try:
         for i in sweep.todo():
             ci, si, lo = items[i]
@@ -278,12 +279,19 @@ def token_effects(
                 }
             else:
                 if ci not in full:
-                    with torch.no_grad():
-                        logits = model(inputs[idx])
+                    if fast is not None:
+                        logits = fast.cache(inputs[idx], names)
+                        fast = fast if fast.agrees(logits) else None
+                    else:
+                        with torch.no_grad():
+                            logits = model(inputs[idx])
                     full = {ci: (_logprobs(logits, targets[idx]).cpu(), _logodds(logits, targets[idx]).cpu())}
-                kind, _ = sites[si]
+                kind, layer = sites[si]
                 us = torch.arange(lo, min(lo + copies[si], info.n_units(kind)))
-                lp, odds = _ablated_copies(model, inputs[idx], targets[idx], names[si], kind, us, values[names[si]])
+                if fast is not None:
+                    lp, odds = fast.copies(targets[idx], kind, layer, names[si], us, values[names[si]])
+                else:
+                    lp, odds = _ablated_copies(model, inputs[idx], targets[idx], names[si], kind, us, values[names[si]])
                 result = {  # [counted, units]
                     "effects": (full[ci][0][None] - lp).permute(1, 2, 0)[mask],
                     "logodds": (full[ci][1][None] - odds).permute(1, 2, 0)[mask],
@@ -345,6 +353,90 @@ class _CopyHook:
         else:  # whole MLP output, [r, b, pos, d_model]
             out[:] = value
         return out.view_as(act)
+
+
+class _FastCopies:
+    """The ablated copies of :func:`_ablated_copies` over the weights (:mod:`tl_submodels.fastpath`): each copy
+    starts right after its ablated site from the cached unablated run, the site's change a known change of the
+    residual stream (a head's ``(value - z) @ W_O[h]``, a neuron's ``(value - post) * W_out[n]``, an MLP's
+    ``value - out``). Used where the adapter gives weights, without norms on the outputs; the unablated logits
+    of each chunk are checked against the model's own (on a difference: hooks, with a warning)."""
+
+    def __init__(self, model: Any, weights: Any) -> None:
+        self.model, self.w = model, weights
+        info = tlmodel.model_info(model)
+        self.n_layers, self.mlps = info.n_layers, info.has_mlps
+        self.parallel = bool(weights.parallel)
+        self.base: dict[str, Tensor] = {}
+        self.runner: Any = None
+
+    @staticmethod
+    def of(model: Any, seq: int) -> _FastCopies | None:
+        ad = tlmodel.adapter(model)
+        if not ad.causal or ad.has_hooks():
+            return None
+        weights = ad.standard_weights(seq)
+        return None if weights is None or weights.ln1_post is not None else _FastCopies(model, weights)
+
+    def _after(self, kind: Kind, layer: int) -> tuple[str, str]:
+        """(the residual stream the site's change joins, the runner's stage there)."""
+        if kind == "heads" and self.mlps and not self.parallel:
+            return tlmodel.hook_resid_mid(layer), "attn"
+        return tlmodel.hook_resid_post(layer), "mlp"
+
+    def cache(self, inputs: Int[Tensor, "batch pos"], sites: list[str]) -> Float[Tensor, "batch pos d_vocab"]:
+        """Run the chunk once unablated, keeping the sites and the residual streams; its logits."""
+        from tl_submodels.fastpath import PrefixRunner
+
+        kinds: tuple[Kind, ...] = ("heads", "mlps") if self.mlps else ("heads",)
+        names = set(sites) | {self._after(k, layer)[0] for k in kinds for layer in range(self.n_layers)}
+        names.add(tlmodel.hook_resid_pre(0))
+        logits, self.base = tlmodel.run_cache(self.model, inputs, names)
+        batch, seq = inputs.shape
+        every = torch.arange(seq, device=inputs.device).expand(batch, seq)
+        self.runner = PrefixRunner(self.w, [None] * self.n_layers, [None] * self.n_layers, 0, every, prune_last=False)
+        return logits
+
+    def agrees(self, logits: Tensor) -> bool:
+        """The weight-level forward of the unablated chunk gives the model's logits (else: warn, use hooks)."""
+        import warnings
+
+        with torch.no_grad():
+            ours = self.runner.run(self.base[tlmodel.hook_resid_pre(0)], 0, "pre")
+        err = float((ours - logits).abs().max())
+        if err <= 1e-4 * max(1.0, float(logits.abs().max())):
+            return True
+        warnings.warn(
+            f"tl_submodels: the weight-level forward differs from the model's logits by {err:.2e}; decompose runs "
+            "its ablations through hooks instead (slower, exact).",
+            stacklevel=3,
+        )
+        return False
+
+    def copies(
+        self, targets: Tensor, kind: Kind, layer: int, site: str, units: Tensor, value: Tensor
+    ) -> tuple[Float[Tensor, "copy batch pos"], Float[Tensor, "copy batch pos"]]:
+        """Log-probs and log-odds of the targets, copy ``r`` with unit ``units[r]`` ablated."""
+        act = self.base[site]
+        value = value.to(act.device, act.dtype)
+        units = units.to(act.device)
+        w = self.w
+        if kind == "heads":  # act [b, pos, head, d_head]
+            dz = value.expand(act.shape[-2:])[units] - act[:, :, units]  # [b, pos, r, d_head]
+            delta = torch.einsum("bsre,red->rbsd", dz, w.W_O[layer][units].to(act.device))
+        elif kind == "neurons":  # act [b, pos, d_mlp]
+            dpost = value.expand(act.shape[-1:])[units] - act[..., units]  # [b, pos, r]
+            delta = torch.einsum("bsr,rd->rbsd", dpost, w.W_out[layer][units].to(act.device))
+        else:  # the whole MLP output
+            delta = (value - act)[None]
+        after, stage = self._after(kind, layer)
+        r = len(units)
+        resid = self.base[after].repeat(r, 1, 1) + delta.flatten(0, 1)
+        with torch.no_grad():
+            logits = self.runner.run(resid, layer, stage)
+        tiled = targets.repeat(r, 1)
+        shape = (r, *targets.shape)
+        return _logprobs(logits, tiled).view(shape).cpu(), _logodds(logits, tiled).view(shape).cpu()
 
 
 def _ablated_copies(
