@@ -40,6 +40,7 @@ __all__ = [
     "ablated",
     "ablation_hooks",
     "complement",
+    "layer_ablations",
 ]
 
 Ablation = Literal["zero", "mean", "resample", "patch"]
@@ -368,29 +369,40 @@ class AblatedRuns:
 
     def _ablate(self, targets: list[Component]) -> dict[int, Any]:
         """The weight-level forward's ablation: per layer, which units become which values."""
-        from tl_submodels.fastpath import LayerAblation
-
-        by_layer: dict[int, dict[Kind, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for c in targets:
-            by_layer[c.layer][c.kind].append(_unit(c))
-        values = self.ablator.values([tlmodel.site_hook(kind, layer) for layer, ks in by_layer.items() for kind in ks])
-        device = tlmodel.first_param_device(self.model)
-        out = {}
-        for layer, ks in by_layer.items():  # no closures here: see task._tile
-            v = {kind: values[tlmodel.site_hook(kind, layer)].to(device) for kind in ks}
-            heads, neurons = ks.get("heads"), ks.get("neurons")
-            out[layer] = LayerAblation(
-                heads=None if heads is None else torch.tensor(heads, device=device),
-                head_values=None if heads is None else _of_units(v["heads"], heads),
-                neurons=None if neurons is None else torch.tensor(neurons, device=device),
-                neuron_values=None if neurons is None else _of_units(v["neurons"], neurons),
-                mlp_value=v.get("mlps"),
-            )
-        return out
+        return layer_ablations(self.ablator, targets, tlmodel.first_param_device(self.model))
 
     def _hooked(self, v: _View, targets: list[Component], start: int) -> Tensor:
         logits = self.adapter.forward_from(start, v.tokens, v.resid(start), self.ablator.hooks(targets))
         return torch.cat([t.final_logits(lg) for t, lg in zip(v.tasks, logits.split(v.sizes), strict=True)])
+
+
+def layer_ablations(ablator: Ablator, targets: list[Component], device: torch.device) -> dict[int, Any]:
+    """What ``targets`` ablated by ``ablator`` (zero or all-position mean) are in a weight-level forward
+    (:class:`tl_submodels.fastpath.PrefixRunner`): per layer, a ``LayerAblation`` of units and their values.
+
+    Example:
+        >>> ab = Ablator(tls.zoo.load("induction-2l"), ablation="zero")
+        >>> sorted(layer_ablations(ab, ab.targets(["L1H0", "L0H2"]), torch.device("cpu")))
+        [0, 1]
+    """
+    from tl_submodels.fastpath import LayerAblation
+
+    by_layer: dict[int, dict[Kind, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for c in targets:
+        by_layer[c.layer][c.kind].append(_unit(c))
+    values = ablator.values([tlmodel.site_hook(kind, layer) for layer, ks in by_layer.items() for kind in ks])
+    out = {}
+    for layer, ks in by_layer.items():  # no closures here: see task._tile
+        v = {kind: values[tlmodel.site_hook(kind, layer)].to(device) for kind in ks}
+        heads, neurons = ks.get("heads"), ks.get("neurons")
+        out[layer] = LayerAblation(
+            heads=None if heads is None else torch.tensor(heads, device=device),
+            head_values=None if heads is None else _of_units(v["heads"], heads),
+            neurons=None if neurons is None else torch.tensor(neurons, device=device),
+            neuron_values=None if neurons is None else _of_units(v["neurons"], neurons),
+            mlp_value=v.get("mlps"),
+        )
+    return out
 
 
 def _of_units(values: Tensor, units: list[int]) -> Tensor:

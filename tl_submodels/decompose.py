@@ -35,6 +35,7 @@ ablating the component on the log-odds of the corpus' next token (:mod:`tl_submo
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
-from tl_submodels.ablation import Ablation, Ablator
+from tl_submodels.ablation import FAST_TOLERANCE, Ablation, Ablator, layer_ablations
 from tl_submodels.components import Component, Kind
 from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
 from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_SLACK, grow_specific
@@ -232,14 +233,19 @@ class _Probe:
         self.targets = prep.targets[seqs].to(device)
         self.where = [(torch.tensor([row[int(index[i, 0])] for i in p], dtype=torch.long), index[p, 1]) for p in picked]
         self.memo: dict[tuple[frozenset[Component], bool], tuple[Tensor, Tensor]] = {}
+        self.fast = _ProbeRunner.of(model, ablator, self.inputs)  # None: hooked forwards
         self.full = self.metrics(frozenset(), keep_only=False)
         self.nothing = self.metrics(frozenset(), keep_only=True)
 
     def _run(self, comps: frozenset[Component], keep_only: bool) -> tuple[Tensor, Tensor]:
         key = (comps, keep_only)
         if key not in self.memo:
-            hooks = self.ablator.hooks(sorted(comps), keep_only=keep_only) if (comps or keep_only) else []
-            logits = tlmodel.run_logits(self.model, self.inputs, hooks)
+            targets = self.ablator.targets(sorted(comps), keep_only=keep_only) if (comps or keep_only) else []
+            logits = self.fast.logits(targets) if self.fast is not None else None
+            if logits is None:
+                logits = tlmodel.run_logits(self.model, self.inputs, self.ablator.hooks(targets))
+                if self.fast is not None and not self.fast.agrees(logits):
+                    self.fast = None
             lp = logits.log_softmax(-1).gather(-1, self.targets[..., None])[..., 0].cpu()
             ok = (logits.argmax(-1) == self.targets).cpu().double()
             lp_mean, ok_mean = (
@@ -276,6 +282,69 @@ class _Probe:
         if not gap >= MIN_GAP:
             return float("nan")
         return float(self.metrics(comps, keep_only=True)[j] - self.nothing[j]) / gap
+
+
+class _ProbeRunner:
+    """The probe's ablated forwards over the weights (:mod:`tl_submodels.fastpath`), zero or all-position mean
+    ablation: each starts at the first ablated layer from the cached unablated run. The first ablated run is
+    also run through hooks and compared (on a difference: hooks for good, with a warning)."""
+
+    def __init__(self, model: Any, ablator: Ablator, runner: Any, resid: dict[int, Tensor]) -> None:
+        self.model, self.ablator, self.runner, self.resid = model, ablator, runner, resid
+        self.device = tlmodel.first_param_device(model)
+        self.checked = False
+        self.last: Tensor | None = None
+
+    @staticmethod
+    def of(model: Any, ablator: Ablator, inputs: Tensor) -> _ProbeRunner | None:
+        from tl_submodels.fastpath import PrefixRunner
+
+        ad = tlmodel.adapter(model)
+        if ablator.ablation not in ("zero", "mean") or ablator.per_position or not ad.causal or ad.has_hooks():
+            return None
+        weights = ad.standard_weights(inputs.shape[1])
+        if weights is None:
+            return None
+        n_layers = tlmodel.model_info(model).n_layers
+        names = [tlmodel.hook_resid_pre(layer) for layer in range(n_layers)]
+        logits, cache = tlmodel.run_cache(model, inputs, names)
+        every = torch.arange(inputs.shape[1], device=inputs.device).expand(*inputs.shape)
+        runner = PrefixRunner(weights, [None] * n_layers, [None] * n_layers, 0, every, prune_last=False)
+        probe = _ProbeRunner(model, ablator, runner, {layer: cache[n] for layer, n in enumerate(names)})
+        with torch.no_grad():
+            ours = runner.run(probe.resid[0], 0, "pre")
+        return probe if _agree(ours, logits) else None
+
+    def logits(self, targets: list[Component]) -> Tensor | None:
+        """Every position's logits with ``targets`` ablated; None for the first ablated set (run it through hooks
+        and pass the result to :meth:`agrees`)."""
+        if not targets:
+            return None
+        first = min(c.layer for c in targets)
+        with torch.no_grad():
+            out = self.runner.run(self.resid[first], first, "pre", layer_ablations(self.ablator, targets, self.device))
+        if not self.checked:
+            self.last = out
+            return None
+        return out
+
+    def agrees(self, hooked: Tensor) -> bool:
+        """The first ablated set's weight-level logits against the hooked ones."""
+        if self.checked or self.last is None:
+            return True
+        self.checked = True
+        if _agree(self.last, hooked):
+            return True
+        warnings.warn(
+            "tl_submodels: the weight-level ablated forward differs from the hooked one; decompose validates its "
+            "parts through hooks instead (slower, exact).",
+            stacklevel=4,
+        )
+        return False
+
+
+def _agree(ours: Tensor, theirs: Tensor) -> bool:
+    return float((ours - theirs).abs().max()) <= FAST_TOLERANCE * max(1.0, float(theirs.abs().max()))
 
 
 def _core_and_extent(
