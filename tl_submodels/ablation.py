@@ -18,6 +18,7 @@ import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -25,7 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
-from tl_submodels.components import MLP, Component, Head, Kind, Neuron, parse_component
+from tl_submodels.components import MLP, Component, Kind, Neuron, forward_order, parse_component
 from tl_submodels.errors import TLSubmodelsError
 
 __all__ = [
@@ -68,12 +69,18 @@ def complement(model: Any, sub: Iterable[Component | str]) -> list[Component]:
         for layer in range(info.n_layers):
             if MLP(layer) in kept:
                 continue
-            neurons = {c for c in kept if isinstance(c, Neuron) and c.layer == layer}
+            neurons = {c.unit for c in kept if isinstance(c, Neuron) and c.layer == layer}
             if neurons:
-                out += [Neuron(layer, n) for n in range(info.d_mlp or 0) if Neuron(layer, n) not in neurons]
+                out += [n for n in _layer_neurons(layer, info.d_mlp or 0) if n.unit not in neurons]
             else:
                 out.append(MLP(layer))
-    return sorted(out)
+    return sorted(out, key=forward_order)
+
+
+@lru_cache(maxsize=256)
+def _layer_neurons(layer: int, d_mlp: int) -> tuple[Neuron, ...]:
+    """Every neuron of one layer, built once (keep-only runs take the complement of a set for every forward)."""
+    return tuple(Neuron(layer, n) for n in range(d_mlp))
 
 
 def ablation_hooks(
@@ -178,6 +185,7 @@ class Ablator:
                 f"cut them (reference[:, :{self.info.n_ctx}])"
             )
         self._ref_acts: dict[str, Tensor] = {}
+        self._checked: set[Component] = set()  # components already checked against the model
 
     def targets(self, sub: Iterable[Component | str], *, keep_only: bool = False) -> list[Component]:
         """The components that ablating ``sub`` (or keeping only it) replaces, checked against the model.
@@ -186,9 +194,11 @@ class Ablator:
             >>> [str(c) for c in Ablator(model).targets(["L0H0"])]  # doctest: +SKIP
             ['L0H0']
         """
-        comps = [parse_component(c) for c in sub]
+        comps = [c if isinstance(c, Component) else parse_component(c) for c in sub]
         for c in comps:
-            self.info.check_component(c)
+            if c not in self._checked:
+                self.info.check_component(c)
+                self._checked.add(c)
         return complement(self.model, comps) if keep_only else comps
 
     def hooks(self, sub: Iterable[Component | str], *, keep_only: bool = False) -> list[tuple[str, HookFn]]:
@@ -389,7 +399,7 @@ def layer_ablations(ablator: Ablator, targets: list[Component], device: torch.de
 
     by_layer: dict[int, dict[Kind, list[int]]] = defaultdict(lambda: defaultdict(list))
     for c in targets:
-        by_layer[c.layer][c.kind].append(_unit(c))
+        by_layer[c.layer][c.kind].append(c.unit)
     values = ablator.values([tlmodel.site_hook(kind, layer) for layer, ks in by_layer.items() for kind in ks])
     out = {}
     for layer, ks in by_layer.items():  # no closures here: see task._tile
@@ -496,8 +506,8 @@ class _SiteHook:
         self, kind: Kind, comps: list[Component], ablation: Ablation, ref: Tensor | None, per_position: bool, seed: int
     ) -> None:
         self.kind, self.ablation, self.ref, self.per_position, self.seed = kind, ablation, ref, per_position, seed
-        self.all_pos_units = sorted({_unit(c) for c in comps if c.pos is None})
-        self.pos_units = sorted({(c.pos, _unit(c)) for c in comps if c.pos is not None})
+        self.all_pos_units = sorted({c.unit for c in comps if c.pos is None})
+        self.pos_units = sorted({(c.pos, c.unit) for c in comps if c.pos is not None})
         self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
 
     def value_for(self, act: Tensor) -> Tensor:
@@ -547,14 +557,6 @@ class _SiteHook:
     def __call__(self, act: Tensor, hook: Any = None) -> Tensor:
         n_units = 1 if self.kind == "mlps" else act.shape[2]
         return torch.where(self.mask(act.shape[1], n_units, act.device), self.value_for(act), act)
-
-
-def _unit(c: Component) -> int:
-    if isinstance(c, Head):
-        return c.head
-    if isinstance(c, Neuron):
-        return c.neuron
-    return 0
 
 
 @contextmanager

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import FAST_TOLERANCE, Ablation, Ablator, layer_ablations
-from tl_submodels.components import Component, Kind
+from tl_submodels.components import Component, Kind, forward_order
 from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
 from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_SLACK, grow_specific
 from tl_submodels.errors import TLSubmodelsError
@@ -240,7 +240,8 @@ class _Probe:
     def _run(self, comps: frozenset[Component], keep_only: bool) -> tuple[Tensor, Tensor]:
         key = (comps, keep_only)
         if key not in self.memo:
-            targets = self.ablator.targets(sorted(comps), keep_only=keep_only) if (comps or keep_only) else []
+            ordered: list[Component] = sorted(comps, key=forward_order)
+            targets = self.ablator.targets(ordered, keep_only=keep_only) if (comps or keep_only) else []
             logits = self.fast.logits(targets) if self.fast is not None else None
             if logits is None:
                 logits = tlmodel.run_logits(self.model, self.inputs, self.ablator.hooks(targets))

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
-from tl_submodels.components import Component
+from tl_submodels.components import Component, forward_order
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.submodel import SubModel
 from tl_submodels.summary import summary_html, summary_text
@@ -183,7 +183,8 @@ def evaluate(
     if minimality:
         runs = AblatedRuns(model, ablator, [task])
         least = {
-            str(c): (kept - runs.metrics([m for m in sub if m != c], keep_only=True)[0]) / denom for c in sorted(sub)
+            str(c): (kept - runs.metrics([m for m in sub if m != c], keep_only=True)[0]) / denom
+            for c in sorted(sub, key=forward_order)
         }
     universe = sum(len(info.components((kind,))) for kind in sorted({c.kind for c in sub}))
     return Evaluation(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator, Reference
-from tl_submodels.components import Head, Neuron
+from tl_submodels.components import Head, Neuron, forward_order
 from tl_submodels.errors import TLSubmodelsError, renamed
 from tl_submodels.inputs import Parts, ablator_for, checked_parts, looks_like_parts
 from tl_submodels.submodel import SubModel
@@ -204,7 +204,7 @@ def _attribution(
     model: Any, subs: list[SubModel], prompt: Tensor, objective: Callable[[Tensor], Tensor], ablator: Ablator
 ) -> Tensor:
     """(activation - ablation value) . gradient of the objective, per part and position (summed over the prompts)."""
-    comps = sorted({c.without_pos() for s in subs for c in s})
+    comps = sorted({c.without_pos() for s in subs for c in s}, key=forward_order)
     sites = sorted({tlmodel.site_hook(c.kind, c.layer) for c in comps})
     ref = ablator.reference_activations({c.kind for c in comps}, sites) if ablator.refs else {}
     acts: dict[str, Tensor] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_submodels.components import Component, parse_component
+from tl_submodels.components import Component, forward_order, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.summary import listed, summary_html
 from tl_submodels.values import check_schema, register
@@ -90,19 +90,19 @@ class SubModel:
         return summary_html(
             f"SubModel {self.name} ({len(self.components)} components)",
             [
-                ("components", " ".join(str(c) for c in sorted(self.components)) or "(empty)"),
+                ("components", " ".join(str(c) for c in sorted(self.components, key=forward_order)) or "(empty)"),
                 ("description", self.description or "-"),
             ],
         )
 
     def __repr__(self) -> str:
         described = f", description={self.description[:80]!r}" if self.description else ""
-        return f"SubModel({self.name!r}, {len(self.components)} components: {listed(sorted(self.components), 12)}{described})"
+        return f"SubModel({self.name!r}, {len(self.components)} components: {listed(sorted(self.components, key=forward_order), 12)}{described})"
 
     # Set algebra -------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Component]:
-        return iter(sorted(self.components))
+        return iter(sorted(self.components, key=forward_order))
 
     def __len__(self) -> int:
         return len(self.components)

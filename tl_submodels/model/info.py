@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron
+from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, forward_order
 from tl_submodels.errors import TLSubmodelsError, did_you_mean
 from tl_submodels.model.hooks import hook_resid_pre, site_hook
 
@@ -101,7 +101,7 @@ class ModelInfo:
                     out += [Neuron(layer, n) for n in range(self.d_mlp or 0)]
                 elif kind == "mlps" and self.has_mlps:
                     out.append(MLP(layer))
-        return sorted(out)
+        return sorted(out, key=forward_order)
 
 
 def model_info(model: Any) -> ModelInfo:
