@@ -1,4 +1,4 @@
-"""The models users load, in the benchmarks: random HuggingFace models of four families, loaded the way
+"""The models users load, in the benchmarks: random HuggingFace models of nine families, loaded the way
 TransformerLens tells users to (``tls.load_model`` of a saved folder: on TL 4 a ``TransformerBridge``
 over the HuggingFace model, as ``boot_transformers`` builds it; on TL 2 a converted ``HookedTransformer``).
 
@@ -10,6 +10,10 @@ that components have visible effects):
 - ``gemma2``: 8 query / 4 key-value heads of 64, gated MLP 1408, soft caps, sliding window 16 on every
   other layer, norms after attention and MLP.
 - ``neox``: 8 heads, MLP 2048, rotary on a quarter of each head (Pythia), parallel attention and MLP.
+- ``opt``: 8 heads, ReLU MLP 2048, learned positions. ``qwen2``: as ``llama`` (biased q/k/v).
+  ``mistral``: as ``llama`` with one key-value head (MQA). ``gptj``: 8 heads, rotary on 16 of 64 dims in
+  adjacent pairs, parallel attention and MLP, one norm. ``falcon``: 8 query heads, one key-value head,
+  parallel, one norm (TL 4 only: TL 2 has no conversion).
 
 Used by ``bench_patching.py --families`` and ``bench_attribution.py --families``.
 """
@@ -47,6 +51,34 @@ SHAPES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "GPTNeoXForCausalLM",
         {"num_hidden_layers": 8, "num_attention_heads": 8, "hidden_size": 512, "intermediate_size": 2048,
          "max_position_embeddings": 64, "rotary_pct": 0.25},
+    ),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        {"num_hidden_layers": 8, "num_attention_heads": 8, "hidden_size": 512, "ffn_dim": 2048,
+         "word_embed_proj_dim": 512, "max_position_embeddings": 64},
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {"num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2, "hidden_size": 512,
+         "intermediate_size": 1408, "max_position_embeddings": 64},
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        {"num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 1, "hidden_size": 512,
+         "intermediate_size": 1408, "max_position_embeddings": 64, "sliding_window": None},
+    ),
+    "gptj": (
+        "GPTJConfig",
+        "GPTJForCausalLM",
+        {"n_layer": 8, "n_head": 8, "n_embd": 512, "n_positions": 64, "rotary_dim": 16},
+    ),
+    "falcon": (
+        "FalconConfig",
+        "FalconForCausalLM",
+        {"num_hidden_layers": 8, "num_attention_heads": 8, "hidden_size": 512},
     ),
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, forward_order
@@ -63,12 +64,17 @@ class ModelInfo:
         width = 8 * self.d_model + 4 * self.n_heads * self.d_head + 2 * self.n_heads * seq + 3 * (self.d_mlp or 0)
         return 4 * seq * width / 2**20
 
+    @cached_property
+    def site_kinds(self) -> dict[str, Kind]:
+        """Every component site's hook name and the kind of the units that live there (built once)."""
+        return {site_hook(kind, layer): kind for kind in self.kinds() for layer in range(self.n_layers)}
+
     def site_kind(self, name: str) -> Kind:
         """The component kind whose units live at hook point ``name`` (see :func:`site_hook`)."""
-        for kind in self.kinds():
-            if any(site_hook(kind, layer) == name for layer in range(self.n_layers)):
-                return kind
-        raise TLSubmodelsError(f"{name!r} is not a component site of this model")
+        kind = self.site_kinds.get(name)
+        if kind is None:
+            raise TLSubmodelsError(f"{name!r} is not a component site of this model")
+        return kind
 
     def check_component(self, c: Component) -> None:
         """Raise if ``c`` is not in this model."""
