@@ -37,8 +37,9 @@ class Component:
     layer: int
     pos: int | None = field(default=None, kw_only=True)
     # Set once at construction (not arguments, not compared): the unit's index in its site (the head or
-    # neuron, 0 for a whole MLP) and the sort key. The ablated forwards sort and index hundreds of
-    # components each; plain attributes keep that free of per-component method calls.
+    # neuron, 0 for a whole MLP) and the sort key (layer, kind, unit, position; see forward_order). The
+    # ablated forwards sort and index hundreds of components each; plain attributes keep that free of
+    # per-component method calls.
     unit: int = field(init=False, repr=False, compare=False)
     key: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
     kind: ClassVar[Kind]
@@ -57,10 +58,6 @@ class Component:
     def index(self) -> int | None:
         """Head or neuron index inside the layer (None for a whole MLP)."""
         return None
-
-    def sort_key(self) -> tuple[int, int, int, int]:
-        """(layer, kind, unit, position): the forward order (see :data:`forward_order`)."""
-        return self.key
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Component):

@@ -94,7 +94,7 @@ class Scores(Value):
             ['L1H2', 'L0H3']
         """
         items = self.items(kinds)
-        items.sort(key=lambda cv: (-(abs(cv[1]) if absolute else cv[1]), cv[0].sort_key()))
+        items.sort(key=lambda cv: (-(abs(cv[1]) if absolute else cv[1]), cv[0].key))
         return items[:k]
 
     def to_submodel(self, k: int | None = None, *, threshold: float | None = None, name: str | None = None) -> SubModel:
