@@ -91,9 +91,9 @@ def results(mlp_model, mlp_state, induction_model):
     return {
         "Task": task,
         "Task (kl, clean logits)": kl,
-        "Scores": tls.patch(mlp_model, task, kinds=("heads", "mlps"), per_example=True),
+        "Scores": tls.patch(mlp_model, task, kinds=("heads", "mlps"), n_boot=50),
         "SubModel": parts[0],
-        "Evaluation": tls.evaluate(mlp_model, parts[0], task, others=[other], minimality=True),
+        "Evaluation": tls.evaluate(mlp_model, parts[0], task, others=[other], minimality=True, baselines=3),
         "Usage": tls.usage(mlp_model, prompt, parts, ablation="zero"),
         "Explanation": tls.explain(mlp_model, prompt, parts, ablation="zero"),
         "Edges": tls.attribute_edges(mlp_model, task),

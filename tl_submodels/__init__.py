@@ -9,7 +9,7 @@ Example:
     >>> result = tls.evaluate(model, circuit, task, ablation="mean")
 """
 
-from tl_submodels import viz, zoo
+from tl_submodels import stats, viz, zoo
 from tl_submodels.ablation import Ablator, ablated, ablation_hooks, complement
 from tl_submodels.attribution import attribute
 from tl_submodels.components import MLP, Component, Head, Neuron, parse_component
@@ -19,7 +19,7 @@ from tl_submodels.diff import ModelDiff, diff
 from tl_submodels.discovery import find_circuit
 from tl_submodels.edges import Edges, attribute_edges
 from tl_submodels.errors import TLSubmodelsError
-from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.evaluate import Baselines, Evaluation, evaluate
 from tl_submodels.explain import Explanation, Usage, explain, usage
 from tl_submodels.factorize import Factorization, atoms, factorize
 from tl_submodels.loading import from_pretrained, load_checkpoint, load_model
@@ -36,6 +36,7 @@ __all__ = [
     "MLP",
     "Ablator",
     "Adapter",
+    "Baselines",
     "Component",
     "Decomposition",
     "Edges",
@@ -76,6 +77,7 @@ __all__ = [
     "parse_component",
     "patch",
     "report",
+    "stats",
     "trace",
     "usage",
     "viz",

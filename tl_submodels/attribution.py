@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
+from tl_submodels import stats
 from tl_submodels.components import Kind
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.scores import Direction, Scores, Sides, check_budget, check_scoring, metric_gap, sides
@@ -52,6 +53,7 @@ def attribute(
     per_example: bool = False,
     progress: bool = False,
     checkpoint: str | Path | None = None,
+    n_boot: int | None = None,
 ) -> Scores:
     """Attribution scores for every component, in the Scores type of :func:`tl_submodels.patch`.
 
@@ -71,6 +73,8 @@ def attribute(
             ``"ig"`` steps in several forwards) when they do not fit; ``"atp"`` also splits the sites into
             groups (one forward and backward each). With ``batch_size`` set it bounds the gradients only.
         per_example: also keep each prompt's estimated effect (``Scores.per_example``).
+        n_boot: also give each score a BCa bootstrap interval over the prompts from this many resamples
+            (``Scores.heads_ci``, ...; keeps ``per_example``): :meth:`Scores.with_intervals`.
         progress: show a tqdm progress bar.
         checkpoint: a file for partial results, written atomically after every forward and
             backward; a rerun with the same arguments resumes and gives bit-identical scores.
@@ -99,6 +103,9 @@ def attribute(
         raise TLSubmodelsError(f"steps must be a positive number of interpolation steps, got {steps}")
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     check_budget(batch_size, max_memory_mb)
+    if n_boot is not None:
+        stats.check_n_boot(n_boot)
+        per_example = True
     side = sides(task, direction)
     plan = plan_attribution(
         tlmodel.adapter(model), task, kinds=kinds, method=method, per_position=per_position, direction=direction,
@@ -134,8 +141,8 @@ def attribute(
     scale_by = task.batch / (steps if method == "ig" else 1)
     each = {n: torch.cat([c[n] for c in per_chunk]) * scale_by for n in names}
     firsts = [done[first_of[ci]]["metrics"] for ci in range(len(chunks))]
-    base_value = float(torch.cat([m["base"] for m in firsts]).mean())
-    source_value = float(torch.cat([m["source"] for m in firsts]).mean())
+    base_each, source_each = torch.cat([m["base"] for m in firsts]), torch.cat([m["source"] for m in firsts])
+    base_value, source_value = float(base_each.mean()), float(source_each.mean())
     clean_value, corrupt_value = side.clean_corrupt(base_value, source_value)
     gap = metric_gap(task, clean_value, corrupt_value)
 
@@ -147,13 +154,15 @@ def attribute(
     out = {k: per_kind[k].mean(0) if k in per_kind else None for k in ("heads", "neurons", "mlps")}
     raw = {k: None if v is None else base_value + v for k, v in out.items()}
     norm = {k: None if v is None else sign * v / gap for k, v in out.items()}
-    return Scores(
+    scores = Scores(
         heads=norm["heads"], neurons=norm["neurons"], mlps=norm["mlps"],
         raw_heads=raw["heads"], raw_neurons=raw["neurons"], raw_mlps=raw["mlps"],
         clean_metric=clean_value, corrupt_metric=corrupt_value, method=method if method == "atp" else f"ig{steps}",
         direction=direction, metric=task.metric_name, per_position=per_position, task=task.name,
         per_example={k: sign * v / gap for k, v in per_kind.items()} if per_example else None,
+        per_example_gap=sign * (source_each - base_each) / gap if per_example else None,
     )  # fmt: skip
+    return scores if n_boot is None else scores.with_intervals(n_boot)
 
 
 class _Executor:

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
+from tl_submodels import stats
 from tl_submodels.components import KINDS, Component, Kind, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.fastpath import PrefixRunner, Stage
@@ -149,6 +150,7 @@ def patch(
     per_example: bool = False,
     require_gap: bool = True,
     checkpoint: str | Path | None = None,
+    n_boot: int | None = None,
 ) -> Scores:
     """Exact patching scores for every component of the given kinds.
 
@@ -172,6 +174,8 @@ def patch(
         components: patch only these (e.g. candidates from attribution); the other entries of
             the score tensors are NaN. Default: every component of ``kinds``.
         per_example: also keep each prompt's effect (``Scores.per_example``).
+        n_boot: also give each score a BCa bootstrap interval over the prompts from this many resamples
+            (``Scores.heads_ci``, ...; keeps ``per_example``): :meth:`Scores.with_intervals`.
         require_gap: refuse a task whose clean and corrupt metrics are equal (nothing to
             normalise by). False scores it anyway: raw metrics as usual, normalised scores NaN
             (``tls.diff`` uses this for a model that lacks the behaviour).
@@ -198,6 +202,9 @@ def patch(
     """
     info, kinds, task = check_scoring(model, task, kinds, per_position, direction)
     check_budget(batch_size, max_memory_mb)
+    if n_boot is not None:
+        stats.check_n_boot(n_boot)
+        per_example = True
     if components is not None and per_position:
         raise TLSubmodelsError("components= selects components over all positions; use per_position=False")
     device = tlmodel.first_param_device(model)
@@ -242,7 +249,7 @@ def patch(
     def normalise_each(t: Tensor) -> Tensor:
         return side.sign * (t - base_each.view(-1, *[1] * (t.ndim - 1))) / gap
 
-    return Scores(
+    scores = Scores(
         heads=norm["heads"],
         neurons=norm["neurons"],
         mlps=norm["mlps"],
@@ -257,7 +264,9 @@ def patch(
         per_position=per_position,
         task=task.name,
         per_example={k: normalise_each(v) for k, v in examples.items()} if per_example else None,
+        per_example_gap=side.sign * (source_each - base_each) / gap if per_example else None,
     )
+    return scores if n_boot is None else scores.with_intervals(n_boot)
 
 
 def _patch_examples(

@@ -7,11 +7,19 @@ them, with the clean and corrupt baselines, the method and the direction.
 
 With ``per_example=True`` the scorers also keep each prompt's effect: ``per_example[kind]`` has a
 leading batch axis (``[batch, layer, head]`` ...), normalised by the batch's clean-corrupt gap,
-so that its mean over the batch is the aggregate score.
+so that its mean over the batch is the aggregate score, and ``per_example_gap`` each prompt's own
+clean-corrupt gap in the same units (mean 1).
+
+Uncertainty (from those per-prompt values, no more forwards): ``with_intervals`` gives each score a
+BCa bootstrap interval over the prompts (``heads_ci``, ...: the score is a ratio of two means, the
+effect's and the gap's, resampled together); ``significant`` the components whose effect differs from
+zero, by t-tests with the false-discovery rate held at ``alpha`` (Benjamini-Hochberg). Both need
+``per_example=True`` or ``n_boot=`` when scoring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -21,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_submodels import model as tlmodel
+from tl_submodels import stats
 from tl_submodels.components import KINDS, MLP, Component, Head, Kind, Neuron, check_kinds
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.model import ModelInfo
@@ -60,6 +69,13 @@ class Scores(Value):
     per_position: bool = False
     task: str = "task"
     per_example: dict[str, Tensor] | None = None
+    per_example_gap: Float[Tensor, " batch"] | None = None
+    # BCa bootstrap intervals over the prompts, (low, high) each shaped like the scores (Scores.with_intervals)
+    heads_ci: tuple[Tensor, Tensor] | None = None
+    neurons_ci: tuple[Tensor, Tensor] | None = None
+    mlps_ci: tuple[Tensor, Tensor] | None = None
+    ci_level: float = 0.95
+    n_boot: int | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("denoising", "noising"):
@@ -108,26 +124,118 @@ class Scores(Value):
             description=f"from {self.method} scores",
         )
 
+    def with_intervals(self, n_boot: int = stats.DEFAULT_N_BOOT, *, level: float = 0.95, seed: int = 0) -> Scores:
+        """These scores with a BCa bootstrap interval each (``heads_ci``, ``neurons_ci``, ``mlps_ci``: ``(low,
+        high)`` tensors shaped like the scores), resampling the prompts of ``per_example``.
+
+        Example:
+            >>> scores = tls.patch(model, task, per_example=True).with_intervals(1000)  # doctest: +SKIP
+            >>> low, high = scores.heads_ci  # doctest: +SKIP
+        """
+        examples = self._examples("intervals")
+        stats.check_n_boot(n_boot)
+        gap = self._gaps(examples)
+        out: dict[str, Any] = {}
+        for kind, each in examples.items():
+            columns = torch.stack([each, gap.view(-1, *[1] * (each.ndim - 1)).expand_as(each)], 1)
+            out[f"{kind}_ci"] = stats.bca(columns, _ratio, n_boot=n_boot, level=level, seed=seed)
+        return dataclasses.replace(self, **out, ci_level=level, n_boot=n_boot)
+
+    def p_values(self, min_effect: float = 0.0) -> dict[str, Tensor]:
+        """Each kind's t-test p-values (shaped like its scores) against a component's effect over the prompts
+        being zero, or at most ``min_effect`` in size (:func:`tl_submodels.stats.p_values`); NaN where not scored.
+
+        Example:
+            >>> tls.patch(model, task, per_example=True).p_values()["heads"].shape  # doctest: +SKIP
+            torch.Size([2, 4])
+        """
+        return {kind: stats.p_values(each, min_effect) for kind, each in self._examples("p-values").items()}
+
+    def significant(
+        self,
+        alpha: float = 0.05,
+        *,
+        min_effect: float = 0.0,
+        kinds: tuple[Kind, ...] | None = None,
+        name: str | None = None,
+    ) -> SubModel:
+        """The components whose effect differs from zero over the prompts, the false-discovery rate held at
+        ``alpha`` over every component tested (t-tests, Benjamini-Hochberg), as a SubModel.
+
+        In a trained model many components move a metric by a tiny amount on every prompt, and with
+        enough prompts each of those differs from zero too. ``min_effect`` (in the scores' units: 0.01 is
+        1% of the clean-corrupt gap) asks for effects larger than that in size instead, tested as such.
+
+        Example:
+            >>> scores = tls.patch(model, task, per_example=True)  # doctest: +SKIP
+            >>> sorted(str(c) for c in scores.significant(0.05))  # doctest: +SKIP
+            ['L0H0', 'L1H0', 'L1H1', 'L1H2', 'L1H3']
+        """
+        stats.check_alpha(alpha)
+        wanted = check_kinds(kinds) if kinds else self.kinds
+        p = {k: v for k, v in self.p_values(min_effect).items() if k in wanted}
+        if not p:
+            raise TLSubmodelsError(f"these scores hold no per-example values of {list(wanted)}")
+        flat = torch.cat([v.flatten() for v in p.values()])
+        hit = stats.reject(flat, alpha).tolist()
+        picked, at = [], 0
+        for kind, v in p.items():
+            for idx in torch.cartesian_prod(*[torch.arange(n) for n in v.shape]).view(-1, v.ndim).tolist():
+                if hit[at]:
+                    picked.append(_component(kind, idx, self.per_position and kind != "neurons"))
+                at += 1
+        return SubModel(
+            components=frozenset(picked),
+            name=name or f"{self.task}-significant",
+            description=f"{self.method} effects {'nonzero' if not min_effect else f'larger than {min_effect}'} over "
+            f"{self._batch()} prompts (t-tests, Benjamini-Hochberg false-discovery rate {alpha})",
+        )
+
+    def _examples(self, what: str) -> dict[str, Tensor]:
+        if self.per_example is None:
+            raise TLSubmodelsError(
+                f"{what} need each prompt's effect: score with per_example=True (or n_boot=...), e.g. "
+                "tls.patch(model, task, per_example=True)"
+            )
+        if self._batch() < 2:
+            raise TLSubmodelsError(f"{what} resample the prompts and need at least 2; these scores have 1")
+        return self.per_example
+
+    def _batch(self) -> int:
+        return 0 if not self.per_example else next(iter(self.per_example.values())).shape[0]
+
+    def _gaps(self, examples: dict[str, Tensor]) -> Tensor:
+        """Each prompt's gap over the batch's (mean 1); ones where not kept (files before it was)."""
+        if self.per_example_gap is not None:
+            return self.per_example_gap.float()
+        return torch.ones(next(iter(examples.values())).shape[0])
+
     def to_frame(self) -> Any:
-        """A pandas DataFrame: one row per component with score, raw metric, kind, layer, index, pos."""
+        """A pandas DataFrame: one row per component with score, raw metric, kind, layer, index, pos, and
+        ``ci_low``/``ci_high`` where the scores carry intervals.
+
+        Example:
+            >>> tls.patch(model, task).to_frame().head()  # doctest: +SKIP
+        """
         import pandas as pd
 
         rows = []
         for kind in self.kinds:
-            t, raw = getattr(self, kind), getattr(self, f"raw_{kind}")
+            t, raw, ci = getattr(self, kind), getattr(self, f"raw_{kind}"), getattr(self, f"{kind}_ci")
             for idx in torch.cartesian_prod(*[torch.arange(n) for n in t.shape]).view(-1, t.ndim).tolist():
                 c = _component(kind, idx, self.per_position and kind != "neurons")
-                rows.append(
-                    {
-                        "component": str(c),
-                        "kind": kind,
-                        "layer": c.layer,
-                        "index": c.index,
-                        "pos": c.pos,
-                        "score": float(t[tuple(idx)]),
-                        "raw": None if raw is None else float(raw[tuple(idx)]),
-                    }
-                )
+                row = {
+                    "component": str(c),
+                    "kind": kind,
+                    "layer": c.layer,
+                    "index": c.index,
+                    "pos": c.pos,
+                    "score": float(t[tuple(idx)]),
+                    "raw": None if raw is None else float(raw[tuple(idx)]),
+                }
+                if ci is not None:
+                    row |= {"ci_low": float(ci[0][tuple(idx)]), "ci_high": float(ci[1][tuple(idx)])}
+                rows.append(row)
         return pd.DataFrame(rows)
 
     def plot(self, kind: Kind | None = None) -> Any:
@@ -180,6 +288,11 @@ class Scores(Value):
                 t = getattr(self, key)
                 out[key] = None if t is None else t.tolist()
         out["per_example"] = None if self.per_example is None else {k: v.tolist() for k, v in self.per_example.items()}
+        out["per_example_gap"] = None if self.per_example_gap is None else self.per_example_gap.tolist()
+        for kind in KINDS:
+            ci = getattr(self, f"{kind}_ci")
+            out[f"{kind}_ci"] = None if ci is None else [ci[0].tolist(), ci[1].tolist()]
+        out["ci_level"], out["n_boot"] = self.ci_level, self.n_boot
         return json_safe(out)
 
     @classmethod
@@ -190,6 +303,12 @@ class Scores(Value):
 
         def tensor(key: str) -> Tensor | None:
             return None if data.get(key) is None else torch.tensor(_nan_for_none(data[key]), dtype=torch.float32)
+
+        def interval(key: str) -> tuple[Tensor, Tensor] | None:
+            ends = data.get(key)
+            if ends is None:
+                return None
+            return tuple(torch.tensor(_nan_for_none(e), dtype=torch.float32) for e in ends)  # type: ignore[return-value]
 
         return cls(
             heads=tensor("heads"),
@@ -208,7 +327,17 @@ class Scores(Value):
             per_example=None
             if data.get("per_example") is None
             else {k: torch.tensor(_nan_for_none(v), dtype=torch.float32) for k, v in data["per_example"].items()},
+            per_example_gap=tensor("per_example_gap"),
+            heads_ci=interval("heads_ci"),
+            neurons_ci=interval("neurons_ci"),
+            mlps_ci=interval("mlps_ci"),
+            ci_level=float(data.get("ci_level", 0.95)),
+            n_boot=data.get("n_boot"),
         )
+
+
+def _ratio(effect: Tensor, gap: Tensor) -> Tensor:
+    return effect / gap
 
 
 def _component(kind: Kind, idx: list[int], per_position: bool) -> Component:

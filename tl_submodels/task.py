@@ -478,11 +478,23 @@ class Task(Value):
             >>> task.read_accuracy(task.final_logits(model(task.clean)))  # doctest: +SKIP
             1.0
         """
+        return float(self.per_example_accuracy(final_logits).mean())
+
+    def per_example_accuracy(
+        self, final_logits: Float[Tensor, "batch d_vocab"] | Float[Tensor, "batch n d_vocab"]
+    ) -> Float[Tensor, " batch"]:
+        """Each example's accuracy from the logits at its read positions: 1 or 0, or for a
+        multi-position task the fraction of its read positions whose top prediction is the answer.
+
+        Example:
+            >>> task.per_example_accuracy(task.final_logits(model(task.clean)))  # doctest: +SKIP
+            tensor([1., 1., 0., 1.])
+        """
         final = final_logits
-        hit = final.argmax(-1) == self.answer.to(final.device)
+        hit = (final.argmax(-1) == self.answer.to(final.device)).float()
         if not self.multi_position:
-            return float(hit.float().mean())
-        return float(mean_over_reads(hit.float(), self.reads.to(final.device)).mean())
+            return hit
+        return mean_over_reads(hit, self.reads.to(final.device))
 
     def first_difference(self) -> int:
         """The first position where any clean and corrupt prompt differ (seq_len if none)."""

@@ -206,6 +206,17 @@ class Adapter:
         """Every head's output weights in TL layout, detached."""
         return self.model.W_O.detach()
 
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"] | None:
+        """Every MLP's output weights in TL layout, detached; None for an attention-only model.
+
+        Example:
+            >>> tlmodel.adapter(model).W_out().shape  # doctest: +SKIP
+            torch.Size([3, 256, 64])
+        """
+        if self.model.cfg.attn_only:
+            return None
+        return self.model.W_out.detach()
+
     @property
     def backward_factor(self) -> float:
         """Activations a forward+backward holds per row, relative to :meth:`ModelInfo.layer_row_mb`.
