@@ -7,6 +7,7 @@ import torch
 from conftest import hook_count, make_mlp_task
 
 import tl_submodels as tls
+from tl_submodels.discovery import split_prompts
 from tl_submodels.nmf import choose_k, nmf
 
 
@@ -116,6 +117,24 @@ def test_factorize_chooses_k_by_held_out_error(mlp_model, two_tasks):
     # the chosen k given explicitly: the same parts (the fit after choosing k is deterministic)
     again = tls.factorize(mlp_model, two_tasks, k=len(f.parts))
     assert [p.components for p in again.parts] == [p.components for p in f.parts] and again.k_errors == {}
+
+
+def test_factorize_with_a_holdout_evaluates_parts_on_prompts_it_never_saw(mlp_model, two_tasks):
+    f = tls.factorize(mlp_model, two_tasks, k=2, holdout=0.25, seed=3)
+    assert f.usage.shape == (12, 2) and len(f.holdout_evaluations) == 2  # 6 of each task's 8 prompts chosen on
+    splits = [split_prompts(t, 0.25, 3) for t in two_tasks]
+    held = [h for _, h in splits]
+    # the parts are those of the chosen prompts alone, and each is evaluated on its task's held-out prompts
+    alone = tls.factorize(mlp_model, [c for c, _ in splits], k=2)
+    assert [p.components for p in f.parts] == [p.components for p in alone.parts]
+    for p, lab, ev in zip(f.parts, f.labels, f.holdout_evaluations, strict=True):
+        own = next(t for t in held if t.name == lab)
+        oracle = tls.evaluate(mlp_model, p, own, reference=[t.corrupt for t in held], seed=3)
+        assert ev.faithfulness == pytest.approx(oracle.faithfulness) and ev.faithfulness_ci == oracle.faithfulness_ci
+        assert set(ev.specificity) == {"one", "two"} - {lab}
+    assert {"holdout_faithfulness", "faithfulness_low", "faithfulness_high"} <= set(f.to_frame().columns)
+    with pytest.raises(tls.TLSubmodelsError, match="holdout"):
+        tls.factorize(mlp_model, two_tasks, k=2, holdout=0.1)
 
 
 def test_factorize_bad_input(mlp_model, two_tasks, induction_task):

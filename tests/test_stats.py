@@ -6,6 +6,8 @@ multitask zoo's planted groups and the induction zoo's ground-truth heads (what 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,28 @@ def test_bad_input_is_refused_clearly(mlp_model, mlp_task):
         tls.evaluate(mlp_model, heads, mlp_task, baselines=5)
     with pytest.raises(tls.TLSubmodelsError, match="baselines is a number"):
         tls.evaluate(mlp_model, ["L0H1"], mlp_task, baselines=-1)
+
+
+def test_find_circuit_on_induction_holds_out_and_is_stable(zoo_model):
+    model = zoo_model("induction-2l")
+    gt = tls.zoo.info("induction-2l")["ground_truth"]
+    truth = gt["previous_token_heads"] + gt["induction_heads"]
+    circuit = tls.find_circuit(model, tls.zoo.task("induction-2l", "induction", n=64), holdout=0.2, stability=20)
+    ev = circuit.evidence
+    assert (ev.chosen_on, ev.held_out) == (51, 13)
+    assert ev.holdout.faithfulness >= 0.9 and ev.holdout.faithfulness_ci is not None
+    assert all(ev.stability.frequency[h] >= 0.9 for h in truth), ev.stability.frequency
+    assert ev.stability.n == 20 and len(ev.stability.jaccard) == 20 and 0 <= ev.stability.mean_jaccard <= 1
+    # the evidence travels with the sub-model's JSON, and set algebra drops it
+    back = tls.SubModel.from_dict(json.loads(json.dumps(circuit.to_dict())))
+    assert back == circuit and back.evidence == circuit.evidence
+    assert (circuit | ["L0H1"]).evidence is None and "held out" in circuit._repr_html_()
+
+
+def test_a_holdout_leaving_too_few_prompts_is_refused(mlp_model, mlp_task):
+    for holdout in (0.1, 0.9, 0.0, 1.0):
+        with pytest.raises(tls.TLSubmodelsError, match="holdout"):
+            tls.find_circuit(mlp_model, mlp_task, holdout=holdout)
+    scores = tls.patch(mlp_model, mlp_task)
+    with pytest.raises(tls.TLSubmodelsError, match="scores= were computed on every prompt"):
+        tls.find_circuit(mlp_model, mlp_task, scores=scores, stability=2)

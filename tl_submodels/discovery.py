@@ -10,6 +10,11 @@ those, keeps the shortest prefix of them in the order of their exact effects tha
 target (bisection) and prunes that; fewer it prunes directly, least attributed first (a patch
 call would cost more forwards than it could save).
 
+Is it real? ``holdout=0.2`` chooses the members on 80% of the prompts and evaluates them on the
+other 20%; ``stability=n`` runs the same search on ``n`` bootstrap resamples of the prompts and
+reports how often each member is chosen and the mean Jaccard overlap with the result; both land in
+``SubModel.evidence`` (:class:`Evidence`).
+
 Keep-only runs stop after the highest layer they keep: the layers above are ablated whole, so
 what they add to the residual stream is the same in every run (see :class:`_KeepOnlyRuns`).
 """
@@ -17,20 +22,24 @@ what they add to the residual stream is the same in every run (see :class:`_Keep
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
 from tl_submodels.ablation import Ablation, Ablator
 from tl_submodels.attribution import attribute
-from tl_submodels.components import Component, Kind
+from tl_submodels.components import Component, Kind, forward_order
 from tl_submodels.errors import TLSubmodelsError, renamed
+from tl_submodels.evaluate import Evaluation, evaluate
 from tl_submodels.patching import FAST_TOLERANCE, patch
 from tl_submodels.scores import Scores
 from tl_submodels.submodel import SubModel
 from tl_submodels.task import Task
+from tl_submodels.values import Value
 
 __all__ = [
     "EXACT_CONFIRM_MIN",
@@ -40,7 +49,9 @@ __all__ = [
     "SPECIFIC",
     "SPECIFIC_METRIC",
     "SPECIFIC_SLACK",
+    "Evidence",
     "Method",
+    "Stability",
     "find_circuit",
     "grow_specific",
     "grow_to_target",
@@ -58,6 +69,69 @@ Method = Literal["patch", "atp"]
 _OLD_METHODS = {"exact": "patch", "attribution+exact": "atp"}  # the names before one vocabulary
 
 
+@dataclass(frozen=True, kw_only=True)
+class Stability(Value):
+    """The same search on ``n`` bootstrap resamples of the prompts (``seed``).
+
+    ``frequency``: each component chosen in any run -> the fraction of the resamples that chose it;
+    ``jaccard``: each resample's overlap with the full-data result (intersection over union), and
+    ``mean_jaccard`` their mean.
+
+    Example:
+        >>> circuit = tls.find_circuit(model, task, stability=20)  # doctest: +SKIP
+        >>> circuit.evidence.stability.frequency["L1H1"], circuit.evidence.stability.mean_jaccard  # doctest: +SKIP
+        (1.0, 0.93)
+    """
+
+    frequency: dict[str, float]
+    jaccard: list[float]
+    mean_jaccard: float
+    n: int
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evidence(Value):
+    """How a search's result was checked: ``holdout``, its evaluation on prompts the search did not see
+    (``chosen_on`` prompts chose the members, ``held_out`` judged them), and ``stability`` over resamples.
+
+    Example:
+        >>> circuit = tls.find_circuit(model, task, holdout=0.2)  # doctest: +SKIP
+        >>> circuit.evidence.holdout.faithfulness, circuit.evidence.holdout.faithfulness_ci  # doctest: +SKIP
+        (0.93, (0.9, 0.95))
+    """
+
+    holdout: Evaluation | None = None
+    chosen_on: int
+    held_out: int = 0
+    stability: Stability | None = None
+
+    def rows(self) -> list[tuple[str, str]]:
+        """Summary lines for a sub-model's repr."""
+        out = []
+        if self.holdout is not None:
+            ev, ci = self.holdout, self.holdout.faithfulness_ci
+            interval = "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            out.append(
+                (
+                    "held out",
+                    f"faithfulness {ev.faithfulness:.3f}{interval} on {self.held_out} prompts not used to choose it "
+                    f"(chosen on {self.chosen_on})",
+                )
+            )
+        if self.stability is not None:
+            st = self.stability
+            rare = sorted(st.frequency.items(), key=lambda kv: (kv[1], kv[0]))[:5]
+            out.append(
+                (
+                    "stability",
+                    f"mean Jaccard {st.mean_jaccard:.2f} with {st.n} bootstrap reruns; least chosen: "
+                    + ", ".join(f"{c} {f:.0%}" for c, f in rare),
+                )
+            )
+        return out
+
+
 def find_circuit(
     model: Any,
     task: Task,
@@ -69,6 +143,9 @@ def find_circuit(
     method: Method | str = "patch",
     name: str | None = None,
     progress: bool = False,
+    holdout: float | None = None,
+    stability: int = 0,
+    seed: int = 0,
 ) -> SubModel:
     """The smallest-found sub-model whose keep-only faithfulness reaches ``target``.
 
@@ -85,12 +162,19 @@ def find_circuit(
             ``"exact"`` and ``"attribution+exact"`` still work, with a DeprecationWarning.
         name: the sub-model's name (default ``"{task.name}-circuit"``).
         progress: show progress bars.
+        holdout: the fraction of the prompts (drawn with ``seed``) kept out of the search; the result
+            is evaluated on them (``SubModel.evidence.holdout``, an :class:`Evaluation` with intervals).
+        stability: rerun the search on this many bootstrap resamples of the prompts it used
+            (``SubModel.evidence.stability``: how often each member is chosen, Jaccard overlaps).
+        seed: seeds the holdout split and the resamples.
 
     Returns:
-        A SubModel; its description records the faithfulness reached.
+        A SubModel; its description records the faithfulness reached, its ``evidence`` the checks asked for.
 
     Raises:
-        TLSubmodelsError: a target outside (0, 1], or one the ranked components cannot reach.
+        TLSubmodelsError: a target outside (0, 1], or one the ranked components cannot reach; a holdout
+            outside (0, 1) or leaving fewer than 2 prompts on a side; ``scores`` with a holdout or
+            stability (they were computed on every prompt).
 
     Example:
         >>> model = tls.zoo.load("induction-2l")
@@ -106,6 +190,91 @@ def find_circuit(
         method = _OLD_METHODS[method]
     if method not in ("patch", "atp"):
         raise TLSubmodelsError(f"unknown method {method!r}: choose 'patch' (exact) or 'atp' (attribution first)")
+    if holdout is None and not stability:
+        return _search(model, task, target, ablation, kinds, scores, method, name, progress)
+    if scores is not None:
+        raise TLSubmodelsError(
+            "scores= were computed on every prompt, so a search on part of them (holdout=, stability=) cannot "
+            "rank by them; drop scores= and pass method= instead"
+        )
+    if isinstance(stability, bool) or not isinstance(stability, int) or stability < 0:
+        raise TLSubmodelsError(
+            f"stability is a number of bootstrap reruns of the search (0 for none); got {stability!r}"
+        )
+    chosen, held = split_prompts(task, holdout, seed)
+    circuit = _search(model, chosen, target, ablation, kinds, None, method, name, progress)
+    checked = evaluate(model, circuit, held, ablation=ablation, seed=seed) if held is not None else None
+    steady = _stability(model, chosen, circuit, stability, seed, target, ablation, kinds, method) if stability else None
+    evidence = Evidence(
+        holdout=checked, chosen_on=chosen.batch, held_out=0 if held is None else held.batch, stability=steady
+    )
+    return SubModel(circuit.components, name=circuit.name, description=circuit.description, evidence=evidence)
+
+
+def split_prompts(task: Task, holdout: float | None, seed: int) -> tuple[Task, Task | None]:
+    """``task`` split into the prompts a search may use and the ``holdout`` fraction it may not (drawn with
+    ``seed``); ``(task, None)`` without a holdout.
+
+    Example:
+        >>> chosen, held = split_prompts(task, 0.25, seed=0)  # doctest: +SKIP
+        >>> chosen.batch, held.batch  # doctest: +SKIP
+        (48, 16)
+    """
+    if holdout is None:
+        return task, None
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 < holdout < 1:
+        raise TLSubmodelsError(f"holdout is the fraction of prompts kept out of the search, in (0, 1); got {holdout!r}")
+    n_held = round(task.batch * holdout)
+    if n_held < 2 or task.batch - n_held < 2:
+        raise TLSubmodelsError(
+            f"holdout={holdout} of {task.batch} prompts leaves {task.batch - n_held} to search on and {n_held} to "
+            "check on; each side needs at least 2: add prompts or change the holdout"
+        )
+    order = torch.randperm(task.batch, generator=torch.Generator().manual_seed(seed))
+    return task.subset(order[n_held:].sort().values), task.subset(order[:n_held].sort().values)
+
+
+def _stability(
+    model: Any,
+    task: Task,
+    circuit: SubModel,
+    n: int,
+    seed: int,
+    target: float,
+    ablation: Ablation,
+    kinds: tuple[Kind, ...] | None,
+    method: Method | str,
+) -> Stability:
+    """The search rerun on ``n`` bootstrap resamples of ``task``'s prompts."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    counts: dict[Component, int] = {}
+    jaccard = []
+    for _ in range(n):
+        resample = task.subset(torch.randint(0, task.batch, (task.batch,), generator=gen))
+        try:
+            found = _search(model, resample, target, ablation, kinds, None, method, None, False).components
+        except TLSubmodelsError:  # the target out of reach on this resample: nothing chosen
+            found = frozenset()
+        for c in found:
+            counts[c] = counts.get(c, 0) + 1
+        union = found | circuit.components
+        jaccard.append(len(found & circuit.components) / len(union) if union else 1.0)
+    frequency = {str(c): counts.get(c, 0) / n for c in sorted(set(counts) | set(circuit.components), key=forward_order)}
+    return Stability(frequency=frequency, jaccard=jaccard, mean_jaccard=sum(jaccard) / n, n=n, seed=seed)
+
+
+def _search(
+    model: Any,
+    task: Task,
+    target: float,
+    ablation: Ablation,
+    kinds: tuple[Kind, ...] | None,
+    scores: Scores | None,
+    method: Method | str,
+    name: str | None,
+    progress: bool,
+) -> SubModel:
+    """find_circuit's search on every prompt of ``task``."""
     info = tlmodel.check_model(model, ())
     kinds = kinds or info.kinds()
     own_scores = scores is None

@@ -36,7 +36,7 @@ from tl_submodels.summary import summary_html, summary_text
 from tl_submodels.task import Task
 from tl_submodels.values import Value
 
-__all__ = ["Baselines", "Evaluation", "evaluate"]
+__all__ = ["Baselines", "Evaluation", "evaluate", "interval_columns"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +153,16 @@ class Evaluation(Value):
 
     def _repr_html_(self) -> str:
         return summary_html(*self._summary())
+
+
+def interval_columns(name: str, interval: tuple[float, float] | None) -> dict[str, float]:
+    """``{name_low, name_high}`` for a table row, or nothing when there is no interval.
+
+    Example:
+        >>> interval_columns("faithfulness", (0.9, 0.95))
+        {'faithfulness_low': 0.9, 'faithfulness_high': 0.95}
+    """
+    return {} if interval is None else {f"{name}_low": interval[0], f"{name}_high": interval[1]}
 
 
 def _ci(interval: tuple[float, float] | None) -> str:

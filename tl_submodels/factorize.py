@@ -36,6 +36,7 @@ NMF starts from NNDSVDa (a deterministic SVD-based start), so equal inputs give 
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,9 +52,16 @@ from tl_submodels import model as tlmodel
 from tl_submodels.ablation import AblatedRuns, Ablation, Ablator, Reference
 from tl_submodels.attribution import attribute
 from tl_submodels.components import Component, Kind, parse_component
-from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_METRIC, SPECIFIC_SLACK, grow_specific
+from tl_submodels.discovery import (
+    EXTENT_TARGET,
+    SPECIFIC,
+    SPECIFIC_METRIC,
+    SPECIFIC_SLACK,
+    grow_specific,
+    split_prompts,
+)
 from tl_submodels.errors import TLSubmodelsError, renamed
-from tl_submodels.evaluate import Evaluation, evaluate
+from tl_submodels.evaluate import Evaluation, evaluate, interval_columns
 from tl_submodels.nmf import choose_k, nmf
 from tl_submodels.patching import patch
 from tl_submodels.submodel import SubModel
@@ -88,6 +96,9 @@ class Factorization(Value):
         k_errors: held-out error of each candidate k (empty when k was given).
         k_error_se: its standard error over the prompts; k is the smallest whose error is within
             one standard error (at least 0.01) of the least (see :func:`tl_submodels.nmf.choose_k`).
+        holdout_evaluations: with ``factorize(..., holdout=f)``, each part evaluated like
+            ``evaluations`` on the fraction ``f`` of every task's prompts that the factorisation and
+            the choice of members never saw (``evaluations``, ``usage`` and ``effects`` are of the rest).
 
     Example:
         >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
@@ -110,6 +121,7 @@ class Factorization(Value):
     method: str
     cores: list[SubModel]
     k_error_se: dict[int, float] = field(default_factory=dict)
+    holdout_evaluations: list[Evaluation] | None = None
 
     @property
     def purity(self) -> float:
@@ -153,22 +165,29 @@ class Factorization(Value):
         import pandas as pd
 
         rows = []
-        for p, core, lab, ev in zip(self.parts, self.cores, self.labels, self.evaluations, strict=True):
+        none: list[Evaluation | None] = [None] * len(self.parts)
+        held: list[Evaluation | None] = list(self.holdout_evaluations) if self.holdout_evaluations else none
+        for p, core, lab, ev, out in zip(self.parts, self.cores, self.labels, self.evaluations, held, strict=True):
             drops = ev.accuracy_drop_elsewhere or {}
-            rows.append(
-                {
-                    "part": p.name,
-                    "label": lab,
-                    "size": len(p),
-                    "core_size": len(core),
-                    "share_of_label_task": float(self.task_share[self.parts.index(p), self.task_names.index(lab)]),
-                    "faithfulness": ev.faithfulness,
-                    "necessity": ev.necessity,
-                    "accuracy_drop": ev.accuracy_full - ev.accuracy_ablated,
-                    "max_accuracy_drop_elsewhere": max(drops.values(), default=0.0),
-                    "components": " ".join(str(c) for c in sorted(p)),
+            row = {
+                "part": p.name,
+                "label": lab,
+                "size": len(p),
+                "core_size": len(core),
+                "share_of_label_task": float(self.task_share[self.parts.index(p), self.task_names.index(lab)]),
+                "faithfulness": ev.faithfulness,
+                **interval_columns("faithfulness", ev.faithfulness_ci),
+                "necessity": ev.necessity,
+                **interval_columns("necessity", ev.necessity_ci),
+                "accuracy_drop": ev.accuracy_full - ev.accuracy_ablated,
+                "max_accuracy_drop_elsewhere": max(drops.values(), default=0.0),
+            }
+            if out is not None:
+                row |= {
+                    "holdout_faithfulness": out.faithfulness,
+                    **interval_columns("holdout_faithfulness", out.faithfulness_ci),
                 }
-            )
+            rows.append(row | {"components": " ".join(str(c) for c in sorted(p))})
         return pd.DataFrame(rows)
 
 
@@ -185,6 +204,8 @@ def factorize(
     progress: bool = False,
     checkpoint: str | Path | None = None,
     scorer: Scorer | None = None,
+    holdout: float | None = None,
+    seed: int = 0,
 ) -> Factorization:
     """Candidate sub-models across ``tasks``: NMF of per-prompt effects, each factor validated by ablation.
 
@@ -205,6 +226,9 @@ def factorize(
             :func:`tl_submodels.patch`): an interrupted factorize resumes its scoring from them;
             the factorisation and validation after it are rerun (they are deterministic).
         scorer: the old name of ``method`` (deprecated).
+        holdout: the fraction of each task's prompts (drawn with ``seed``) kept out of everything: the
+            parts are found and chosen on the rest and evaluated on them (``holdout_evaluations``).
+        seed: seeds the holdout split.
 
     Inside an initialised ``torch.distributed`` process group the scoring is shared out over
     the ranks; every rank then factors and validates the same matrix and returns the same result.
@@ -224,6 +248,20 @@ def factorize(
     """
     info = tlmodel.check_model(model, ())
     tasks = check_tasks(tasks, info.d_vocab)
+    if holdout is not None:
+        splits = [split_prompts(t, holdout, seed) for t in tasks]
+        found = factorize(
+            model, [chosen for chosen, _ in splits], k=k, kinds=kinds, method=scorer or method, ablation=ablation,
+            reference=reference, k_max=k_max, progress=progress, checkpoint=checkpoint,
+        )  # fmt: skip
+        held = [h for _, h in splits if h is not None]
+        held_ref = reference if reference is not None else [t.corrupt for t in held]
+        checks = [
+            evaluate(model, p, held[found.task_names.index(lab)], ablation=ablation, reference=held_ref,
+                     others=[t for t in held if t.name != lab], seed=seed)
+            for p, lab in zip(found.parts, found.labels, strict=True)
+        ]  # fmt: skip
+        return dataclasses.replace(found, holdout_evaluations=checks)
     if scorer is not None:
         renamed("factorize(scorer=...)", "factorize(method=...)")
         method = scorer

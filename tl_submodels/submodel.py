@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tl_submodels.components import Component, forward_order, parse_component
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.summary import listed, summary_html
-from tl_submodels.values import check_schema, register
+from tl_submodels.values import check_schema, decode, register
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SubModel"]
 
@@ -33,6 +33,8 @@ class SubModel:
             (positional or keyword).
         name: a label.
         description: free text (how it was found, what it does).
+        evidence: how its search was checked (:class:`tl_submodels.discovery.Evidence`, set by
+            ``find_circuit(..., holdout=, stability=)``), or None.
 
     Example:
         >>> a = SubModel(components=["L0H1", "L1H2"], name="a")
@@ -44,6 +46,9 @@ class SubModel:
     components: frozenset[Component]
     name: str
     description: str
+    # how the search that found it was checked (a discovery.Evidence: find_circuit(..., holdout=,
+    # stability=)); not part of its identity (equality ignores it) and set algebra drops it
+    evidence: Any = field(default=None, compare=False)
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class SubModel:
         *,
         name: str = "submodel",
         description: str = "",
+        evidence: Any = None,
     ) -> None:
         raw: Any = components
         if isinstance(raw, str | Component):
@@ -64,6 +70,7 @@ class SubModel:
         object.__setattr__(self, "components", items)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "evidence", evidence)
 
     @classmethod
     def of(cls, sub: SubModel | Iterable[Component | str] | Component | str, name: str = "submodel") -> SubModel:
@@ -92,6 +99,7 @@ class SubModel:
             [
                 ("components", " ".join(str(c) for c in sorted(self.components, key=forward_order)) or "(empty)"),
                 ("description", self.description or "-"),
+                *([] if self.evidence is None else self.evidence.rows()),
             ],
         )
 
@@ -132,7 +140,7 @@ class SubModel:
     __sub__ = difference
 
     def renamed(self, name: str) -> SubModel:
-        return SubModel(components=self.components, name=name, description=self.description)
+        return SubModel(components=self.components, name=name, description=self.description, evidence=self.evidence)
 
     def validate(self, model: Any) -> SubModel:
         """Raise if a component is not in ``model`` (layer, head or neuron out of range)."""
@@ -159,13 +167,16 @@ class SubModel:
     # JSON --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
             "name": self.name,
             "description": self.description,
             "components": [str(c) for c in self],
         }
+        if self.evidence is not None:  # optional: files without it read as before
+            out["evidence"] = self.evidence.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> SubModel:
@@ -173,8 +184,12 @@ class SubModel:
         check_schema(data, SCHEMA, SCHEMA_VERSION, "sub-model")
         if not isinstance(data.get("components"), list):
             raise TLSubmodelsError("sub-model JSON needs a 'components' list of strings such as 'L1H3'")
+        evidence = data.get("evidence")
         return cls(
-            components=data["components"], name=data.get("name") or "submodel", description=data.get("description", "")
+            components=data["components"],
+            name=data.get("name") or "submodel",
+            description=data.get("description", ""),
+            evidence=None if evidence is None else decode(evidence),
         )
 
     def save(self, path: str | Path) -> Path:
