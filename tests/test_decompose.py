@@ -330,6 +330,29 @@ def test_library_refuses_other_versions_and_other_models(induction_dec, tmp_path
         tls.load_parts(tmp_path / "missing")
 
 
+def test_parts_carry_intervals_and_a_holdout_evaluates_them_on_unseen_sequences(induction_dec):
+    model, whole = induction_dec
+    for ev in whole.evaluations:  # intervals over the sequences, around each value
+        if ev.faithfulness_ci is not None:
+            assert ev.faithfulness_ci[0] - 1e-9 <= ev.faithfulness <= ev.faithfulness_ci[1] + 1e-9
+        assert ev.loss_increase_ci[0] - 1e-9 <= ev.loss_increase <= ev.loss_increase_ci[1] + 1e-9
+    dec = tls.decompose(model, tls.zoo.corpus("induction-2l", n=48), method="ablation", holdout=0.25, seed=1)
+    # found on 36 sequences: the usage rows are theirs alone
+    assert len(set(dec.usage_index[:, 0].tolist())) <= 36 and dec.tokens.shape[0] == 36
+    truth = tls.zoo.info("induction-2l")["ground_truth"]
+    part = next(j for j, p in enumerate(dec.parts) if {str(c) for c in p} >= set(truth["induction_heads"]))
+    held = dec.holdout_evaluations[part]
+    assert held.faithfulness >= 0.8 and held.predictions > 0
+    assert held.faithfulness_ci[0] - 1e-9 <= held.faithfulness <= held.faithfulness_ci[1] + 1e-9
+    assert "holdout_faithfulness" in dec.to_frame().columns
+    renamed = dec.rename({dec.parts[part].name: "induction"})
+    assert renamed.holdout_evaluations[part].part == "induction"
+    with pytest.raises(tls.TLSubmodelsError, match="holdout"):
+        tls.decompose(model, tls.zoo.corpus("induction-2l", n=8), holdout=0.1)
+    with pytest.raises(tls.TLSubmodelsError, match="n_boot"):
+        tls.decompose(model, tls.zoo.corpus("induction-2l", n=8), n_boot=1)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 

@@ -34,17 +34,19 @@ ablating the component on the log-odds of the corpus' next token (:mod:`tl_submo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from tl_submodels import model as tlmodel
+from tl_submodels import stats
 from tl_submodels.ablation import FAST_TOLERANCE, Ablation, Ablator, layer_ablations
 from tl_submodels.components import Component, Kind, forward_order
 from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
@@ -85,6 +87,9 @@ def decompose(
     max_memory_mb: float = 1024.0,
     checkpoint: str | Path | None = None,
     progress: bool = False,
+    holdout: float | None = None,
+    n_boot: int | None = stats.DEFAULT_N_BOOT,
+    seed: int = 0,
 ) -> Decomposition:
     """Parts of what ``model`` does on ``corpus``, found without any task, each validated by ablation.
 
@@ -104,6 +109,11 @@ def decompose(
         max_memory_mb: memory budget of the effects' forwards and backwards.
         checkpoint: a file for the effects sweep's partial results (resumed on a rerun).
         progress: show progress bars.
+        holdout: the fraction of the sequences (drawn with ``seed``) kept out of finding the parts; each
+            part is then evaluated on them (``Decomposition.holdout_evaluations``).
+        n_boot: bootstrap resamples of the sequences for the evaluations' intervals (``faithfulness_ci``,
+            ...; BCa, from the validation runs' own per-prediction values); None for none.
+        seed: seeds the holdout split and the resamples.
 
     Returns:
         A :class:`Decomposition`.
@@ -127,7 +137,10 @@ def decompose(
         raise TLSubmodelsError(f"k={k!r}: choose 1 <= k <= the number of components, or k=None to choose it")
     kinds = kinds or (("heads", "neurons") if info.has_mlps else ("heads",))
     tlmodel.check_model(model, kinds)
+    if n_boot is not None:
+        stats.check_n_boot(n_boot)
     prep = prepare_corpus(model, corpus, positions)
+    prep, held = _split_sequences(prep, holdout, seed)
     ablator = Ablator(model, ablation=ablation, reference=prep.reference() if ablation == "mean" else None)
     fx = token_effects(
         model,
@@ -139,11 +152,95 @@ def decompose(
         checkpoint=checkpoint,
         progress=progress,
     )
-    return _from_effects(model, prep, ablator, fx, k=k, k_max=k_max, progress=progress)
+    boot = _Boot(n_boot, seed)
+    dec = _from_effects(model, prep, ablator, fx, k=k, k_max=k_max, progress=progress, boot=boot)
+    if held is None:
+        return dec
+    fx_held = token_effects(
+        model, held, kinds, method=method, ablator=ablator, max_memory_mb=max_memory_mb, progress=progress
+    )
+    h = dec.loadings.double()
+    usage = _usage_given_loadings(fx_held.logodds.double().abs(), h)
+    own = usage.argmax(1)
+    groups = [((own == j) & (usage.sum(1) > 0)).nonzero()[:, 0] for j in range(len(dec.parts))]
+    probe = _Probe(model, held, ablator, groups)
+    checks = []
+    for j, (part, core) in enumerate(zip(dec.parts, dec.cores, strict=True)):
+        extent = list(part)
+        faith = probe.faithfulness(frozenset(extent), j) if len(probe.where[j][0]) else float("nan")
+        checks.append(
+            _evaluate(model, held, ablator, fx_held, groups[j], part.name, extent, list(core), faith, probe, j, boot)
+        )
+    return dataclasses.replace(dec, holdout_evaluations=checks)
+
+
+def _split_sequences(
+    prep: PreparedCorpus, holdout: float | None, seed: int
+) -> tuple[PreparedCorpus, PreparedCorpus | None]:
+    """The sequences a search may use, and the ``holdout`` fraction it may not (drawn with ``seed``)."""
+    if holdout is None:
+        return prep, None
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 < holdout < 1:
+        raise TLSubmodelsError(
+            f"holdout is the fraction of sequences kept out of the search, in (0, 1); got {holdout!r}"
+        )
+    n = prep.tokens.shape[0]
+    n_held = round(n * holdout)
+    if n_held < 2 or n - n_held < 2:
+        raise TLSubmodelsError(
+            f"holdout={holdout} of {n} sequences leaves {n - n_held} to search on and {n_held} to check on; each "
+            "side needs at least 2: add sequences or change the holdout"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return prep.subset(order[n_held:].sort().values), prep.subset(order[:n_held].sort().values)
+
+
+def _usage_given_loadings(mag: Tensor, h: Tensor, iters: int = 200) -> Tensor:
+    """``[prediction, part]`` usage of new rows under fixed loadings ``h``: each non-zero row scaled to unit
+    norm, its non-negative weights fitted (multiplicative updates for W alone), times the row's norm."""
+    norm = mag.norm(dim=1)
+    data = mag / norm.clamp_min(1e-30)[:, None]
+    w = (data @ h.T).clamp_min(1e-12)
+    hh = h @ h.T
+    for _ in range(iters):
+        w = w * (data @ h.T) / (w @ hh).clamp_min(1e-30)
+    return w * norm[:, None]
+
+
+class _Boot(NamedTuple):
+    """The bootstrap settings of the evaluations' intervals (``n_boot`` None: none)."""
+
+    n_boot: int | None
+    seed: int
+
+    def interval(self, values: Tensor, cluster: Tensor, statistic: Any) -> tuple[float, float] | None:
+        """The BCa interval of ``statistic`` of the columns of ``values`` ``[prediction, k]``, resampling the
+        clusters (sequences) of ``cluster``; None without n_boot or with fewer than 2 clusters."""
+        if self.n_boot is None or len(values) == 0 or len(torch.unique(cluster)) < 2:
+            return None
+        sums = stats.cluster_sums(values.double(), cluster)
+        low, high = stats.bca(sums, statistic, n_boot=self.n_boot, seed=self.seed)
+        return float(low), float(high)
+
+
+def _faithfulness(kept: Tensor, nothing: Tensor, full: Tensor) -> Tensor:
+    return (kept - nothing) / (full - nothing)
+
+
+def _ratio(total: Tensor, count: Tensor) -> Tensor:
+    return total / count
 
 
 def _from_effects(
-    model: Any, prep: PreparedCorpus, ablator: Ablator, fx: TokenEffects, *, k: int | None, k_max: int, progress: bool
+    model: Any,
+    prep: PreparedCorpus,
+    ablator: Ablator,
+    fx: TokenEffects,
+    *,
+    k: int | None,
+    k_max: int,
+    progress: bool,
+    boot: _Boot | None = None,
 ) -> Decomposition:
     """Rows, factors, parts, labels: everything after the token effects (see the module docs)."""
     mag = fx.logodds.double().abs()
@@ -179,7 +276,9 @@ def _from_effects(
             SubModel(components=extent, name=name, description=f"decompose: factor {j} of {k} ({fx.method} effects)")
         )
         cores.append(SubModel(components=core, name=f"{name}-core", description=f"necessary core of {name}"))
-        evaluations.append(_evaluate(model, prep, ablator, fx, groups[j], name, extent, core, faith, probe, j))
+        evaluations.append(
+            _evaluate(model, prep, ablator, fx, groups[j], name, extent, core, faith, probe, j, boot or _Boot(None, 0))
+        )
     words = _words(model, prep.tokens)
     labels = [_label(prep, words, groups[j], usage[:, j]) for j in range(k)]
     return Decomposition(
@@ -229,15 +328,16 @@ class _Probe:
         self.model, self.ablator = model, ablator
         device = tlmodel.first_param_device(model)
         row = {s: r for r, s in enumerate(seqs)}
+        self.rows = torch.tensor(seqs, dtype=torch.long)  # the corpus sequence of each probe row
         self.inputs = prep.inputs[seqs].to(device)
         self.targets = prep.targets[seqs].to(device)
         self.where = [(torch.tensor([row[int(index[i, 0])] for i in p], dtype=torch.long), index[p, 1]) for p in picked]
-        self.memo: dict[tuple[frozenset[Component], bool], tuple[Tensor, Tensor]] = {}
+        self.memo: dict[tuple[frozenset[Component], bool], tuple[Tensor, Tensor, list[Tensor]]] = {}
         self.fast = _ProbeRunner.of(model, ablator, self.inputs)  # None: hooked forwards
         self.full = self.metrics(frozenset(), keep_only=False)
         self.nothing = self.metrics(frozenset(), keep_only=True)
 
-    def _run(self, comps: frozenset[Component], keep_only: bool) -> tuple[Tensor, Tensor]:
+    def _run(self, comps: frozenset[Component], keep_only: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
         key = (comps, keep_only)
         if key not in self.memo:
             ordered: list[Component] = sorted(comps, key=forward_order)
@@ -255,7 +355,7 @@ class _Probe:
                 )
                 for v in (lp, ok)
             )
-            self.memo[key] = (lp_mean, ok_mean)
+            self.memo[key] = (lp_mean, ok_mean, [lp[r, p].double() for r, p in self.where])
         return self.memo[key]
 
     def metrics(self, comps: frozenset[Component], *, keep_only: bool) -> Tensor:
@@ -283,6 +383,12 @@ class _Probe:
         if not gap >= MIN_GAP:
             return float("nan")
         return float(self.metrics(comps, keep_only=True)[j] - self.nothing[j]) / gap
+
+    def faithfulness_columns(self, comps: frozenset[Component], j: int) -> tuple[Tensor, Tensor]:
+        """Part ``j``'s sampled predictions' log p with only ``comps`` kept, with everything ablated and with
+        nothing ablated ``[prediction, 3]``, and each prediction's sequence (for :meth:`faithfulness`'s interval)."""
+        columns = [self._run(c, keep)[2][j] for c, keep in ((comps, True), (frozenset(), True), (frozenset(), False))]
+        return torch.stack(columns, 1), self.rows[self.where[j][0]]
 
 
 class _ProbeRunner:
@@ -416,8 +522,10 @@ def _evaluate(
     faith: float,
     probe: _Probe,
     j: int,
+    boot: _Boot,
 ) -> PartEvaluation:
-    """Loss and top-1 accuracy with the extent ablated, on the part's predictions and on every other one."""
+    """Loss and top-1 accuracy with the extent ablated, on the part's predictions and on every other one; intervals
+    over the sequences (``boot``)."""
     device = tlmodel.first_param_device(model)
     logits = tlmodel.run_logits(model, prep.inputs.to(device), ablator.hooks(extent))
     targets = prep.targets.to(device)
@@ -431,7 +539,18 @@ def _evaluate(
 
     need = probe.necessity(frozenset(extent))
     elsewhere = [float(need[i]) for i in range(len(need)) if i != j and len(probe.where[i][0])]
+    seq = prep.index[:, 0][mine]
+    ones = torch.ones(int(mine.sum()), dtype=torch.float64)
+    faith_ci = None
+    if not math.isnan(faith):
+        columns, rows = probe.faithfulness_columns(frozenset(extent), j)
+        faith_ci = boot.interval(columns, rows, _faithfulness)
     return PartEvaluation(
+        faithfulness_ci=faith_ci,
+        loss_increase_ci=boot.interval(torch.stack([(fx.logprob - lp)[mine].double(), ones], 1), seq, _ratio),
+        accuracy_drop_ci=boot.interval(
+            torch.stack([(fx.correct.float() - ok.float())[mine].double(), ones], 1), seq, _ratio
+        ),
         part=name,
         size=len(extent),
         core_size=len(core),

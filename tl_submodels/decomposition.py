@@ -40,6 +40,8 @@ class PartEvaluation(Value):
     behaviour (mean log p of the next token) on the part's predictions; ``core_necessity``: ablating
     the core loses this fraction; ``necessity_elsewhere``: the largest fraction ablating the extent
     loses on another part's predictions (specificity: near 0). Loss is the mean negative log p.
+    ``*_ci``: BCa bootstrap intervals over the corpus' sequences (a sequence's predictions are
+    resampled together), at ``ci_level``.
     """
 
     part: str
@@ -54,6 +56,10 @@ class PartEvaluation(Value):
     loss_increase_others: float
     accuracy_drop: float
     accuracy_drop_others: float
+    faithfulness_ci: tuple[float, float] | None = None
+    loss_increase_ci: tuple[float, float] | None = None
+    accuracy_drop_ci: tuple[float, float] | None = None
+    ci_level: float = 0.95
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +89,9 @@ class Decomposition(Value):
         loadings: ``[part, component]`` the factor loadings (NMF's H, rows sum to 1).
         components: the columns of ``loadings``.
         evaluations: one :class:`PartEvaluation` per part.
+        holdout_evaluations: with ``decompose(..., holdout=f)``, each part evaluated the same way on the
+            fraction ``f`` of the sequences that finding it never saw (their predictions assigned to parts
+            by the loadings found on the rest); ``usage`` and the rest are of the other sequences.
         k_errors: the largest cosine between two factors' usage columns at each k tried (empty when given).
         tokens: the corpus as padded token ids; words: the text of each token id that occurs in it.
 
@@ -105,6 +114,7 @@ class Decomposition(Value):
     method: str
     ablation: str
     model_shape: dict[str, int | None] = field(default_factory=dict)
+    holdout_evaluations: list[PartEvaluation] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -185,30 +195,45 @@ class Decomposition(Value):
             parts=[p.renamed(m) for p, m in zip(self.parts, new, strict=True)],
             cores=[c.renamed(f"{m}-core") for c, m in zip(self.cores, new, strict=True)],
             evaluations=[replace(e, part=m) for e, m in zip(self.evaluations, new, strict=True)],
+            holdout_evaluations=None
+            if self.holdout_evaluations is None
+            else [replace(e, part=m) for e, m in zip(self.holdout_evaluations, new, strict=True)],
         )
 
     def to_frame(self) -> Any:
         """One row per part: label, sizes, predictions using it, faithfulness, specificity, loss and accuracy effects."""
         import pandas as pd
 
+        from tl_submodels.evaluate import interval_columns
+
         rows = []
-        for p, c, lab, ev in zip(self.parts, self.cores, self.labels, self.evaluations, strict=True):
-            rows.append(
-                {
-                    "part": p.name,
-                    "label": lab,
-                    "size": len(p),
-                    "core": " ".join(str(x) for x in c),
-                    "predictions": ev.predictions,
-                    "faithfulness": ev.faithfulness,
-                    "core_necessity": ev.core_necessity,
-                    "necessity_elsewhere": ev.necessity_elsewhere,
-                    "loss_increase": ev.loss_increase,
-                    "loss_increase_others": ev.loss_increase_others,
-                    "accuracy_drop": ev.accuracy_drop,
-                    "accuracy_drop_others": ev.accuracy_drop_others,
+        none: list[PartEvaluation | None] = [None] * len(self.parts)
+        held = list(self.holdout_evaluations) if self.holdout_evaluations else none
+        for p, c, lab, ev, out in zip(self.parts, self.cores, self.labels, self.evaluations, held, strict=True):
+            row = {
+                "part": p.name,
+                "label": lab,
+                "size": len(p),
+                "core": " ".join(str(x) for x in c),
+                "predictions": ev.predictions,
+                "faithfulness": ev.faithfulness,
+                **interval_columns("faithfulness", ev.faithfulness_ci),
+                "core_necessity": ev.core_necessity,
+                "necessity_elsewhere": ev.necessity_elsewhere,
+                "loss_increase": ev.loss_increase,
+                **interval_columns("loss_increase", ev.loss_increase_ci),
+                "loss_increase_others": ev.loss_increase_others,
+                "accuracy_drop": ev.accuracy_drop,
+                **interval_columns("accuracy_drop", ev.accuracy_drop_ci),
+                "accuracy_drop_others": ev.accuracy_drop_others,
+            }
+            if out is not None:
+                row |= {
+                    "holdout_faithfulness": out.faithfulness,
+                    **interval_columns("holdout_faithfulness", out.faithfulness_ci),
+                    "holdout_accuracy_drop": out.accuracy_drop,
                 }
-            )
+            rows.append(row)
         return pd.DataFrame(rows)
 
     def plot(self) -> Any:

@@ -28,9 +28,20 @@ from torch import Tensor
 
 from tl_submodels.errors import TLSubmodelsError
 
-__all__ = ["DEFAULT_N_BOOT", "Interval", "bca", "check_alpha", "check_n_boot", "p_values", "reject", "resample_weights"]
+__all__ = [
+    "DEFAULT_N_BOOT",
+    "Interval",
+    "bca",
+    "check_alpha",
+    "check_n_boot",
+    "cluster_sums",
+    "p_values",
+    "reject",
+    "resample_weights",
+]
 
-DEFAULT_N_BOOT = 1000  # resamples: a 95% BCa interval's ends move by ~1% of its width between seeds
+# resamples: between seeds, a 95% BCa interval's ends jitter by 1-6% of its width (measured on 64 skewed values)
+DEFAULT_N_BOOT = 1000
 COLUMNS_PER_PRODUCT = 1 << 16  # components bootstrapped per matrix product (bounds [n_boot, columns] in memory)
 
 Interval = tuple[float, float]
@@ -114,6 +125,21 @@ def bca(
         lows.append(low)
         highs.append(high)
     return torch.cat(lows).reshape(rest).float(), torch.cat(highs).reshape(rest).float()
+
+
+def cluster_sums(values: Float[Tensor, "m k"], cluster: Tensor) -> Float[Tensor, "c k"]:
+    """Per-cluster sums of ``values`` (one row per cluster that occurs, in sorted order of ``cluster``).
+
+    Predictions of one sequence are not independent: a bootstrap over sequences resamples these
+    sums, and a ratio of means over predictions is the same ratio of the sums.
+
+    Example:
+        >>> cluster_sums(torch.tensor([[1.0], [2.0], [5.0]]), torch.tensor([3, 3, 7])).tolist()
+        [[3.0], [5.0]]
+    """
+    ids, inverse = torch.unique(cluster, return_inverse=True)
+    out = torch.zeros(len(ids), values.shape[1], dtype=values.dtype)
+    return out.index_add_(0, inverse.cpu(), values.cpu())
 
 
 def _bca_ends(point: Tensor, boot: Tensor, jack: Tensor, level: float) -> tuple[Tensor, Tensor]:

@@ -64,6 +64,17 @@ class PreparedCorpus:
     def targets(self) -> Int[Tensor, "batch read"]:
         return self.tokens[:, 1:]
 
+    def subset(self, rows: Int[Tensor, " n"]) -> PreparedCorpus:
+        """The sequences at ``rows`` (for a held-out split).
+
+        Example:
+            >>> prep.subset(torch.tensor([0, 2])).tokens.shape[0]  # doctest: +SKIP
+            2
+        """
+        return PreparedCorpus(
+            tokens=self.tokens[rows], lengths=self.lengths[rows], counted=self.counted[rows], pad=self.pad
+        )
+
     def reference(self) -> list[Tensor]:
         """The real input tokens grouped by length (for mean ablation over the corpus' tokens)."""
         groups: dict[int, list[Tensor]] = {}
