@@ -353,6 +353,16 @@ def test_parts_carry_intervals_and_a_holdout_evaluates_them_on_unseen_sequences(
         tls.decompose(model, tls.zoo.corpus("induction-2l", n=8), n_boot=1)
 
 
+def test_the_induction_part_is_stable_over_resampled_corpora(induction_dec):
+    model, _ = induction_dec
+    dec = tls.decompose(model, tls.zoo.corpus("induction-2l", n=48), method="ablation", stability=3)
+    truth = tls.zoo.info("induction-2l")["ground_truth"]
+    part = next(j for j, p in enumerate(dec.parts) if {str(c) for c in p} >= set(truth["induction_heads"]))
+    st = dec.stability[part]
+    assert st.n == 3 and st.mean_jaccard >= 0.8, st
+    assert all(st.frequency[h] == 1.0 for h in truth["induction_heads"])
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 

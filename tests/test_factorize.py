@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import hook_count, make_mlp_task
@@ -135,6 +137,20 @@ def test_factorize_with_a_holdout_evaluates_parts_on_prompts_it_never_saw(mlp_mo
     assert {"holdout_faithfulness", "faithfulness_low", "faithfulness_high"} <= set(f.to_frame().columns)
     with pytest.raises(tls.TLSubmodelsError, match="holdout"):
         tls.factorize(mlp_model, two_tasks, k=2, holdout=0.1)
+
+
+def test_factorize_stability_reruns_on_resamples(mlp_model, two_tasks):
+    f = tls.factorize(mlp_model, two_tasks, k=2, stability=3)
+    assert len(f.stability) == 2 and all(st.n == 3 and len(st.jaccard) == 3 for st in f.stability)
+    for p, st in zip(f.parts, f.stability, strict=True):
+        assert {str(c) for c in p} <= set(st.frequency) and all(0 <= v <= 1 for v in st.frequency.values())
+        # a member's frequency is at most the share of reruns whose matched part overlaps the part at all
+        assert max(st.frequency[str(c)] for c in p) <= sum(j > 0 for j in st.jaccard) / 3
+    assert "stability_jaccard" in f.to_frame().columns
+    back = tls.Factorization.from_dict(json.loads(json.dumps(f.to_dict())))
+    assert back.stability == f.stability
+    with pytest.raises(tls.TLSubmodelsError, match="stability is a number"):
+        tls.factorize(mlp_model, two_tasks, k=2, stability=-1)
 
 
 def test_factorize_bad_input(mlp_model, two_tasks, induction_task):

@@ -15,6 +15,7 @@ from scipy import stats as sp
 
 import tl_submodels as tls
 from tl_submodels import stats
+from tl_submodels.cli import main
 from tl_submodels.zoo import multitask
 
 
@@ -183,3 +184,39 @@ def test_a_holdout_leaving_too_few_prompts_is_refused(mlp_model, mlp_task):
     scores = tls.patch(mlp_model, mlp_task)
     with pytest.raises(tls.TLSubmodelsError, match="scores= were computed on every prompt"):
         tls.find_circuit(mlp_model, mlp_task, scores=scores, stability=2)
+
+
+def test_intervals_are_shown_in_plots_tables_the_report_and_the_cli(zoo_model, tmp_path, capsys):
+    model = zoo_model("induction-2l")
+    task = tls.zoo.task("induction-2l", "induction", n=32)
+    circuit = tls.find_circuit(model, task)
+    ev = tls.evaluate(model, circuit, task, baselines=20)
+    bars = ev.plot()
+    faith = next(t for t in bars.data if t.name == "faithfulness")
+    low, high = ev.faithfulness_ci
+    assert faith.error_y.array[0] == pytest.approx(high - ev.faithfulness)
+    assert faith.error_y.arrayminus[0] == pytest.approx(ev.faithfulness - low)
+    assert any("random" in (t.name or "") for t in bars.data)  # the baselines' median beside the bars
+    scores = tls.patch(model, task, kinds="heads", n_boot=200)
+    heat = scores.plot()
+    assert heat.data[0].customdata.shape == (2, 4, 2) and "customdata[0]" in heat.data[0].hovertemplate
+    mlp_model = zoo_model("multitask-3l")
+    mlps = tls.patch(mlp_model, tls.zoo.task("multitask-3l", "addition", n=16), kinds="mlps", n_boot=200)
+    assert mlps.plot("mlps").data[0].error_y.array is not None
+    # the CLI: intervals in the tables and in --json
+    assert (
+        main(["scores", "--model", "induction-2l", "--task", "induction", "--n", "16", "--n-boot", "100", "--json"])
+        == 0
+    )
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert all(r["ci_low"] <= r["score"] + 1e-6 and r["score"] <= r["ci_high"] + 1e-6 for r in top)
+    assert main(["discover", "--model", "induction-2l", "--task", "induction", "--n", "32", "--holdout", "0.25",
+                 "--baselines", "10", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["evaluation"]["faithfulness_ci"] is not None and result["circuit"]["evidence"]["held_out"] == 8
+    assert main(["discover", "--model", "induction-2l", "--task", "induction", "--n", "32", "--baselines", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "bootstrap interval" in printed and "random circuits" in printed and "[" in printed
+    # the report's sub-model table
+    html = tls.report(model, [task], parts=[circuit]).html
+    assert "faithfulness 95%" in html

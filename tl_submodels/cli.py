@@ -18,8 +18,10 @@ from tl_submodels.cli_words import (
     EVALUATION_LEGEND,
     FACTORIZE_LEGEND,
     SCORE_LEGEND,
+    frame_interval,
     in_words,
     outside_unit_notes,
+    with_interval,
 )
 from tl_submodels.errors import TLSubmodelsError
 
@@ -64,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--target", type=float, default=0.9, help="faithfulness to reach (default 0.9)")
     d.add_argument("--ablation", default="mean", choices=["zero", "mean", "resample"])
     d.add_argument("--top", type=int, default=10, help="how many top components to print")
+    d.add_argument("--baselines", type=int, default=0, help="compare with this many random circuits of its size")
+    d.add_argument(
+        "--holdout", type=float, default=None, help="fraction of prompts kept out of the search, to check on"
+    )
     d.add_argument("--out", type=Path, help="write the circuit as JSON here")
     d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -76,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--n", type=int, default=64, help="number of examples of a zoo task (default 64)")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--top", type=int, default=10, help="how many top components to print")
+    sc.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for 95%% intervals (e.g. 1000)")
     sc.add_argument("--out", type=Path, help="write all scores as JSON here (Scores.from_dict reads it)")
     sc.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -195,9 +202,19 @@ def _discover(args: argparse.Namespace) -> int:
     with console.status(f"loading {args.model}"):
         model = _load(args.model)
         (task,) = _tasks(args.model, model, [args.task], args.n, args.seed)
-    scores = tls.patch(model, task, progress=True)
-    circuit = tls.find_circuit(model, task, target=args.target, ablation=args.ablation, scores=scores, progress=True)
-    ev = tls.evaluate(model, circuit, task, ablation=args.ablation)
+    from tl_submodels.discovery import split_prompts
+
+    # with --holdout the scores and the search see only the rest of the prompts; the circuit is checked on those
+    search = task if args.holdout is None else split_prompts(task, args.holdout, args.seed)[0]
+    scores = tls.patch(model, search, progress=True)
+    if args.holdout is None:
+        circuit = tls.find_circuit(
+            model, task, target=args.target, ablation=args.ablation, scores=scores, progress=True
+        )
+    else:  # find_circuit scores its own part again (it takes no scores with a holdout)
+        circuit = tls.find_circuit(model, task, target=args.target, ablation=args.ablation, holdout=args.holdout,
+                                   seed=args.seed, progress=True)  # fmt: skip
+    ev = tls.evaluate(model, circuit, search, ablation=args.ablation, baselines=args.baselines)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         circuit.save(args.out)
@@ -224,18 +241,32 @@ def _discover(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"clean metric {scores.clean_metric:.3f}, corrupt metric {scores.corrupt_metric:.3f}")
     console.print(f"[bold]circuit[/bold] ({len(circuit)} components): {', '.join(str(c) for c in circuit)}")
-    ev_table = Table(title=f"evaluation ({args.ablation} ablation)", caption=EVALUATION_LEGEND)
+    ev_table = Table(
+        title=f"evaluation ({args.ablation} ablation; [95% bootstrap interval over the prompts])",
+        caption=EVALUATION_LEGEND,
+    )
     for col in ("faithfulness", "necessity", "size", "accuracy full", "accuracy kept", "accuracy ablated"):
         ev_table.add_column(col, justify="right")
     ev_table.add_row(
-        f"{ev.faithfulness:.3f}",
-        f"{ev.necessity:.3f}",
+        with_interval(ev.faithfulness, ev.faithfulness_ci, ".3f"),
+        with_interval(ev.necessity, ev.necessity_ci, ".3f"),
         str(ev.size),
-        f"{ev.accuracy_full:.3f}",
-        f"{ev.accuracy_kept:.3f}",
-        f"{ev.accuracy_ablated:.3f}",
+        with_interval(ev.accuracy_full, ev.accuracy_full_ci, ".2f"),
+        with_interval(ev.accuracy_kept, ev.accuracy_kept_ci, ".2f"),
+        with_interval(ev.accuracy_ablated, ev.accuracy_ablated_ci, ".2f"),
     )
     console.print(ev_table)
+    if ev.baselines is not None:
+        console.print(
+            f"against {len(ev.baselines.faithfulness)} random circuits of its size: its faithfulness beats "
+            f"{ev.baseline_percentile:.1f}% of them (their median {float(ev.baselines.faithfulness.median()):.3f})"
+        )
+    if circuit.evidence is not None and circuit.evidence.holdout is not None:
+        held = circuit.evidence.holdout
+        console.print(
+            f"held out: faithfulness {with_interval(held.faithfulness, held.faithfulness_ci, '.3f')} on "
+            f"{circuit.evidence.held_out} prompts the search did not see"
+        )
     for note in outside_unit_notes(ev):
         console.print(note)
     console.print(in_words(args.model, task.name, circuit, ev))
@@ -313,8 +344,9 @@ def _factorize(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in frame.to_dict(orient="records"):
         comps = r["components"] if len(r["components"]) < 60 else r["components"][:57] + "..."
-        table.add_row(r["part"], str(r["size"]), str(r["core_size"]), f"{r['faithfulness']:.2f}", f"{r['necessity']:.2f}",
-                      f"{r['accuracy_drop']:.2f}", f"{r['max_accuracy_drop_elsewhere']:.2f}", comps)  # fmt: skip
+        table.add_row(r["part"], str(r["size"]), str(r["core_size"]), frame_interval(r, "faithfulness"),
+                      frame_interval(r, "necessity"), f"{r['accuracy_drop']:.2f}",
+                      f"{r['max_accuracy_drop_elsewhere']:.2f}", comps)  # fmt: skip
     console.print(table)
     if args.out:
         console.print(f"wrote {len(f.parts)} sub-models to {args.out}")
@@ -370,13 +402,22 @@ def _scores(args: argparse.Namespace) -> int:
     (task,) = _tasks(args.model, model, [args.task], args.n, args.seed)
     kinds = None if args.kinds is None else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if args.method == "patch":
-        scores = tls.patch(model, task, kinds=kinds, direction=args.direction, progress=True)
+        scores = tls.patch(model, task, kinds=kinds, direction=args.direction, progress=True, n_boot=args.n_boot)
     else:
-        scores = tls.attribute(model, task, method=args.method, kinds=kinds, direction=args.direction, progress=True)
+        scores = tls.attribute(
+            model, task, method=args.method, kinds=kinds, direction=args.direction, progress=True, n_boot=args.n_boot
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(_dumps(scores.to_dict()))
-    top = [{"component": str(c), "score": v} for c, v in scores.top(args.top)]
+    frame = scores.to_frame().set_index("component")
+    top: list[dict[str, Any]] = [{"component": str(c), "score": v} for c, v in scores.top(args.top)]
+    if scores.n_boot:
+        for row in top:
+            row |= {
+                "ci_low": float(frame.loc[row["component"], "ci_low"]),
+                "ci_high": float(frame.loc[row["component"], "ci_high"]),
+            }
     if args.json:
         out = {"model": args.model, "task": task.name, "method": scores.method, "direction": scores.direction,
                "clean_metric": scores.clean_metric, "corrupt_metric": scores.corrupt_metric, "top": top}  # fmt: skip
@@ -388,8 +429,13 @@ def _scores(args: argparse.Namespace) -> int:
     )
     table.add_column("component")
     table.add_column("score", justify="right")
-    for c, v in scores.top(args.top):
-        table.add_row(str(c), f"{v:+.3f}")
+    if scores.n_boot:
+        table.add_column(f"{scores.ci_level:.0%} interval", justify="right")
+    for row in top:
+        cells = [str(row["component"]), f"{row['score']:+.3f}"]
+        if scores.n_boot:
+            cells.append(f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+        table.add_row(*cells)
     console.print(table)
     console.print(f"clean metric {scores.clean_metric:.3f}, corrupt metric {scores.corrupt_metric:.3f}")
     if args.out:

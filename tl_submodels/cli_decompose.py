@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tl_submodels.cli_words import frame_interval
 from tl_submodels.errors import TLSubmodelsError
 
 __all__ = ["add_parser", "read_corpus", "run"]
@@ -104,14 +105,14 @@ def run(args: argparse.Namespace, load: Any, dumps: Any) -> int:
     table = Table(
         title=f"parts of {args.model} on {args.corpus.name} ({len(dec.usage)} predictions, {dec.method} effects)",
         caption="faithfulness: share of the part's predictions (mean log p) restored keeping only the part, the rest "
-        "mean-ablated; core necessity: share lost ablating its core (0-1); elsewhere: the most any other part's "
+        "mean-ablated [95% bootstrap interval over the sequences]; core necessity: share lost ablating its core (0-1); elsewhere: the most any other part's "
         "predictions lose with the part ablated (specific: near 0)",
     )
     for col in ("part", "label", "size", "core", "faithfulness", "core necessity", "elsewhere", "top contexts"):
         table.add_column(col)
     for r in frame.to_dict(orient="records"):
         core = r["core"] if len(r["core"]) < 40 else r["core"][:37] + "..."
-        table.add_row(r["part"], r["label"], str(r["size"]), core, f"{r['faithfulness']:.2f}",
+        table.add_row(r["part"], r["label"], str(r["size"]), core, frame_interval(r, "faithfulness"),
                       f"{r['core_necessity']:.2f}", f"{r['necessity_elsewhere']:.2f}",
                       "\n".join(contexts[r["part"]]))  # fmt: skip
     console.print(table)

@@ -12,9 +12,36 @@ __all__ = [
     "EVALUATION_LEGEND",
     "FACTORIZE_LEGEND",
     "SCORE_LEGEND",
+    "frame_interval",
     "in_words",
     "outside_unit_notes",
+    "with_interval",
 ]
+
+
+def with_interval(value: float, interval: tuple[float, float] | None, spec: str = ".2f") -> str:
+    """A value for a table cell, with its interval in brackets where it has one.
+
+    Example:
+        >>> with_interval(0.912, (0.88, 0.94))
+        '0.91 [0.88, 0.94]'
+    """
+    cell = format(value, spec)
+    return cell if interval is None else f"{cell} [{format(interval[0], spec)}, {format(interval[1], spec)}]"
+
+
+def frame_interval(row: dict[str, Any], name: str, spec: str = ".2f") -> str:
+    """:func:`with_interval` of a ``to_frame`` row's ``name`` and its ``name_low``/``name_high`` columns.
+
+    Example:
+        >>> frame_interval({"faithfulness": 0.9, "faithfulness_low": 0.85, "faithfulness_high": 0.93}, "faithfulness")
+        '0.90 [0.85, 0.93]'
+    """
+    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+    if low is None or high is None or low != low or high != high:  # NaN: no interval
+        return with_interval(row[name], None, spec)
+    return with_interval(row[name], (float(low), float(high)), spec)
+
 
 SCORE_LEGEND = (
     "score: the share of the clean-corrupt metric gap restored when only this component's clean activation is "

@@ -50,7 +50,7 @@ from tl_submodels import stats
 from tl_submodels.ablation import FAST_TOLERANCE, Ablation, Ablator, layer_ablations
 from tl_submodels.components import Component, Kind, forward_order
 from tl_submodels.decomposition import Decomposition, PartEvaluation, model_shape
-from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_SLACK, grow_specific
+from tl_submodels.discovery import EXTENT_TARGET, SPECIFIC, SPECIFIC_SLACK, grow_specific, parts_stability
 from tl_submodels.errors import TLSubmodelsError
 from tl_submodels.factorize import refine_by_validation
 from tl_submodels.nmf import nmf
@@ -88,6 +88,7 @@ def decompose(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     holdout: float | None = None,
+    stability: int = 0,
     n_boot: int | None = stats.DEFAULT_N_BOOT,
     seed: int = 0,
 ) -> Decomposition:
@@ -111,6 +112,8 @@ def decompose(
         progress: show progress bars.
         holdout: the fraction of the sequences (drawn with ``seed``) kept out of finding the parts; each
             part is then evaluated on them (``Decomposition.holdout_evaluations``).
+        stability: rerun the decomposition (same k) on this many bootstrap resamples of the sequences
+            (``Decomposition.stability``: each part matched to its most overlapping rerun part).
         n_boot: bootstrap resamples of the sequences for the evaluations' intervals (``faithfulness_ci``,
             ...; BCa, from the validation runs' own per-prediction values); None for none.
         seed: seeds the holdout split and the resamples.
@@ -139,6 +142,8 @@ def decompose(
     tlmodel.check_model(model, kinds)
     if n_boot is not None:
         stats.check_n_boot(n_boot)
+    if isinstance(stability, bool) or not isinstance(stability, int) or stability < 0:
+        raise TLSubmodelsError(f"stability is a number of bootstrap reruns (0 for none); got {stability!r}")
     prep = prepare_corpus(model, corpus, positions)
     prep, held = _split_sequences(prep, holdout, seed)
     ablator = Ablator(model, ablation=ablation, reference=prep.reference() if ablation == "mean" else None)
@@ -154,13 +159,36 @@ def decompose(
     )
     boot = _Boot(n_boot, seed)
     dec = _from_effects(model, prep, ablator, fx, k=k, k_max=k_max, progress=progress, boot=boot)
-    if held is None:
-        return dec
-    fx_held = token_effects(
-        model, held, kinds, method=method, ablator=ablator, max_memory_mb=max_memory_mb, progress=progress
-    )
-    h = dec.loadings.double()
-    usage = _usage_given_loadings(fx_held.logodds.double().abs(), h)
+    if held is not None:
+        checks = _held_out(model, dec, held, kinds, method, ablator, boot, max_memory_mb)
+        dec = dataclasses.replace(dec, holdout_evaluations=checks)
+    if stability:
+        gen = torch.Generator().manual_seed(seed + 1)
+        reruns = []
+        for _ in tqdm(range(stability), desc="stability reruns", disable=not progress):
+            resample = prep.subset(torch.randint(0, prep.tokens.shape[0], (prep.tokens.shape[0],), generator=gen))
+            again = Ablator(model, ablation=ablation, reference=resample.reference() if ablation == "mean" else None)
+            fx_again = token_effects(model, resample, kinds, method=method, ablator=again, max_memory_mb=max_memory_mb)
+            found = _from_effects(model, resample, again, fx_again, k=len(dec.parts), k_max=k_max, progress=False)
+            reruns.append(found.parts)
+        dec = dataclasses.replace(dec, stability=parts_stability(dec.parts, reruns, seed))
+    return dec
+
+
+def _held_out(
+    model: Any,
+    dec: Decomposition,
+    held: PreparedCorpus,
+    kinds: tuple[Kind, ...],
+    method: EffectMethod,
+    ablator: Ablator,
+    boot: _Boot,
+    max_memory_mb: float,
+) -> list[PartEvaluation]:
+    """Each part of ``dec`` evaluated on the held-out sequences, whose predictions are assigned to parts by the
+    loadings ``dec`` found."""
+    fx_held = token_effects(model, held, kinds, method=method, ablator=ablator, max_memory_mb=max_memory_mb)
+    usage = _usage_given_loadings(fx_held.logodds.double().abs(), dec.loadings.double())
     own = usage.argmax(1)
     groups = [((own == j) & (usage.sum(1) > 0)).nonzero()[:, 0] for j in range(len(dec.parts))]
     probe = _Probe(model, held, ablator, groups)
@@ -171,7 +199,7 @@ def decompose(
         checks.append(
             _evaluate(model, held, ablator, fx_held, groups[j], part.name, extent, list(core), faith, probe, j, boot)
         )
-    return dataclasses.replace(dec, holdout_evaluations=checks)
+    return checks
 
 
 def _split_sequences(

@@ -92,6 +92,9 @@ class Decomposition(Value):
         holdout_evaluations: with ``decompose(..., holdout=f)``, each part evaluated the same way on the
             fraction ``f`` of the sequences that finding it never saw (their predictions assigned to parts
             by the loadings found on the rest); ``usage`` and the rest are of the other sequences.
+        stability: with ``decompose(..., stability=n)``, one :class:`tl_submodels.discovery.Stability` per
+            part: how often each member is in the part's best-matching part over ``n`` reruns on bootstrap
+            resamples of the sequences, and the Jaccard overlaps.
         k_errors: the largest cosine between two factors' usage columns at each k tried (empty when given).
         tokens: the corpus as padded token ids; words: the text of each token id that occurs in it.
 
@@ -115,6 +118,7 @@ class Decomposition(Value):
     ablation: str
     model_shape: dict[str, int | None] = field(default_factory=dict)
     holdout_evaluations: list[PartEvaluation] | None = None
+    stability: list[Any] | None = None  # discovery.Stability per part (decompose(..., stability=n))
 
     @property
     def names(self) -> list[str]:
@@ -195,6 +199,7 @@ class Decomposition(Value):
             parts=[p.renamed(m) for p, m in zip(self.parts, new, strict=True)],
             cores=[c.renamed(f"{m}-core") for c, m in zip(self.cores, new, strict=True)],
             evaluations=[replace(e, part=m) for e, m in zip(self.evaluations, new, strict=True)],
+            stability=self.stability,
             holdout_evaluations=None
             if self.holdout_evaluations is None
             else [replace(e, part=m) for e, m in zip(self.holdout_evaluations, new, strict=True)],
@@ -227,6 +232,8 @@ class Decomposition(Value):
                 **interval_columns("accuracy_drop", ev.accuracy_drop_ci),
                 "accuracy_drop_others": ev.accuracy_drop_others,
             }
+            if self.stability is not None:
+                row["stability_jaccard"] = self.stability[self.parts.index(p)].mean_jaccard
             if out is not None:
                 row |= {
                     "holdout_faithfulness": out.faithfulness,

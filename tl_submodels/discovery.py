@@ -56,6 +56,9 @@ __all__ = [
     "grow_specific",
     "grow_to_target",
     "keep_only_faithfulness",
+    "parts_stability",
+    "split_prompts",
+    "stability_of",
 ]
 
 LINEAR_SCAN = 64
@@ -247,20 +250,61 @@ def _stability(
 ) -> Stability:
     """The search rerun on ``n`` bootstrap resamples of ``task``'s prompts."""
     gen = torch.Generator().manual_seed(seed + 1)
-    counts: dict[Component, int] = {}
-    jaccard = []
+    found = []
     for _ in range(n):
         resample = task.subset(torch.randint(0, task.batch, (task.batch,), generator=gen))
         try:
-            found = _search(model, resample, target, ablation, kinds, None, method, None, False).components
+            found.append(_search(model, resample, target, ablation, kinds, None, method, None, False).components)
         except TLSubmodelsError:  # the target out of reach on this resample: nothing chosen
-            found = frozenset()
+            found.append(frozenset())
+    return stability_of(circuit.components, found, seed)
+
+
+def stability_of(result: frozenset[Component], reruns: list[frozenset[Component]], seed: int) -> Stability:
+    """How often each component was chosen over ``reruns`` of a search, and each rerun's Jaccard overlap with
+    ``result`` (1 where both are empty).
+
+    Example:
+        >>> both = SubModel(["L0H0", "L1H1"]).components
+        >>> st = stability_of(both, [SubModel(["L0H0"]).components, both], seed=0)
+        >>> st.frequency, st.mean_jaccard
+        ({'L0H0': 1.0, 'L1H1': 0.5}, 0.75)
+    """
+    if not reruns:
+        raise TLSubmodelsError("stability needs at least one rerun")
+    counts: dict[Component, int] = {}
+    jaccard = []
+    for found in reruns:
         for c in found:
             counts[c] = counts.get(c, 0) + 1
-        union = found | circuit.components
-        jaccard.append(len(found & circuit.components) / len(union) if union else 1.0)
-    frequency = {str(c): counts.get(c, 0) / n for c in sorted(set(counts) | set(circuit.components), key=forward_order)}
+        union = found | result
+        jaccard.append(len(found & result) / len(union) if union else 1.0)
+    n = len(reruns)
+    frequency = {str(c): counts.get(c, 0) / n for c in sorted(set(counts) | set(result), key=forward_order)}
     return Stability(frequency=frequency, jaccard=jaccard, mean_jaccard=sum(jaccard) / n, n=n, seed=seed)
+
+
+def parts_stability(parts: list[SubModel], reruns: list[list[SubModel]], seed: int) -> list[Stability]:
+    """Each part's :func:`stability_of` over ``reruns`` of a factorisation, matching it in each rerun to the
+    rerun's part that overlaps it most (Jaccard; nothing where the rerun found no part).
+
+    Example:
+        >>> parts = [SubModel(["L0H0", "L0H1"], name="a")]
+        >>> parts_stability(parts, [[SubModel(["L0H0"]), SubModel(["L1H1"])]], seed=0)[0].mean_jaccard
+        0.5
+    """
+
+    def overlap(a: frozenset[Component], b: frozenset[Component]) -> float:
+        return len(a & b) / len(a | b) if a | b else 1.0
+
+    out = []
+    for p in parts:
+        matched = [
+            max((r.components for r in run), key=lambda c: overlap(p.components, c), default=frozenset())
+            for run in reruns
+        ]
+        out.append(stability_of(p.components, matched, seed))
+    return out
 
 
 def _search(

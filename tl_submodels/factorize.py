@@ -57,7 +57,9 @@ from tl_submodels.discovery import (
     SPECIFIC,
     SPECIFIC_METRIC,
     SPECIFIC_SLACK,
+    Stability,
     grow_specific,
+    parts_stability,
     split_prompts,
 )
 from tl_submodels.errors import TLSubmodelsError, renamed
@@ -99,6 +101,9 @@ class Factorization(Value):
         holdout_evaluations: with ``factorize(..., holdout=f)``, each part evaluated like
             ``evaluations`` on the fraction ``f`` of every task's prompts that the factorisation and
             the choice of members never saw (``evaluations``, ``usage`` and ``effects`` are of the rest).
+        stability: with ``factorize(..., stability=n)``, one :class:`tl_submodels.discovery.Stability`
+            per part: how often each member is in the part's best-matching part over ``n`` reruns (same
+            k) on bootstrap resamples of every task's prompts, and the Jaccard overlaps.
 
     Example:
         >>> f = tls.factorize(model, tasks)  # doctest: +SKIP
@@ -122,6 +127,7 @@ class Factorization(Value):
     cores: list[SubModel]
     k_error_se: dict[int, float] = field(default_factory=dict)
     holdout_evaluations: list[Evaluation] | None = None
+    stability: list[Stability] | None = None
 
     @property
     def purity(self) -> float:
@@ -182,6 +188,8 @@ class Factorization(Value):
                 "accuracy_drop": ev.accuracy_full - ev.accuracy_ablated,
                 "max_accuracy_drop_elsewhere": max(drops.values(), default=0.0),
             }
+            if self.stability is not None:
+                row["stability_jaccard"] = self.stability[self.parts.index(p)].mean_jaccard
             if out is not None:
                 row |= {
                     "holdout_faithfulness": out.faithfulness,
@@ -205,6 +213,7 @@ def factorize(
     checkpoint: str | Path | None = None,
     scorer: Scorer | None = None,
     holdout: float | None = None,
+    stability: int = 0,
     seed: int = 0,
 ) -> Factorization:
     """Candidate sub-models across ``tasks``: NMF of per-prompt effects, each factor validated by ablation.
@@ -228,7 +237,9 @@ def factorize(
         scorer: the old name of ``method`` (deprecated).
         holdout: the fraction of each task's prompts (drawn with ``seed``) kept out of everything: the
             parts are found and chosen on the rest and evaluated on them (``holdout_evaluations``).
-        seed: seeds the holdout split.
+        stability: rerun the factorisation (same k) on this many bootstrap resamples of every task's prompts
+            (``Factorization.stability``).
+        seed: seeds the holdout split and the resamples.
 
     Inside an initialised ``torch.distributed`` process group the scoring is shared out over
     the ranks; every rank then factors and validates the same matrix and returns the same result.
@@ -248,20 +259,35 @@ def factorize(
     """
     info = tlmodel.check_model(model, ())
     tasks = check_tasks(tasks, info.d_vocab)
-    if holdout is not None:
+    if holdout is not None or stability:
+        if isinstance(stability, bool) or not isinstance(stability, int) or stability < 0:
+            raise TLSubmodelsError(f"stability is a number of bootstrap reruns (0 for none); got {stability!r}")
         splits = [split_prompts(t, holdout, seed) for t in tasks]
-        found = factorize(
-            model, [chosen for chosen, _ in splits], k=k, kinds=kinds, method=scorer or method, ablation=ablation,
-            reference=reference, k_max=k_max, progress=progress, checkpoint=checkpoint,
-        )  # fmt: skip
-        held = [h for _, h in splits if h is not None]
-        held_ref = reference if reference is not None else [t.corrupt for t in held]
-        checks = [
-            evaluate(model, p, held[found.task_names.index(lab)], ablation=ablation, reference=held_ref,
-                     others=[t for t in held if t.name != lab], seed=seed)
-            for p, lab in zip(found.parts, found.labels, strict=True)
-        ]  # fmt: skip
-        return dataclasses.replace(found, holdout_evaluations=checks)
+        chosen = [c for c, _ in splits]
+
+        def run(ts: list[Task], k: int | None, first: bool) -> Factorization:  # the reruns are not checkpointed
+            return factorize(model, ts, k=k, kinds=kinds, method=scorer or method, ablation=ablation,
+                             reference=reference, k_max=k_max, progress=progress and first,
+                             checkpoint=checkpoint if first else None)  # fmt: skip
+
+        found = run(chosen, k, True)
+        if holdout is not None:
+            held = [h for _, h in splits if h is not None]
+            held_ref = reference if reference is not None else [t.corrupt for t in held]
+            checks = [
+                evaluate(model, p, held[found.task_names.index(lab)], ablation=ablation, reference=held_ref,
+                         others=[t for t in held if t.name != lab], seed=seed)
+                for p, lab in zip(found.parts, found.labels, strict=True)
+            ]  # fmt: skip
+            found = dataclasses.replace(found, holdout_evaluations=checks)
+        if stability:
+            gen = torch.Generator().manual_seed(seed + 1)
+            reruns = []
+            for _ in tqdm(range(stability), desc="stability reruns", disable=not progress):
+                resampled = [t.subset(torch.randint(0, t.batch, (t.batch,), generator=gen)) for t in chosen]
+                reruns.append(run(resampled, len(found.parts), False).parts)
+            found = dataclasses.replace(found, stability=parts_stability(found.parts, reruns, seed))
+        return found
     if scorer is not None:
         renamed("factorize(scorer=...)", "factorize(method=...)")
         method = scorer

@@ -154,6 +154,10 @@ def _card_section(model: Any, card: dict[str, Any] | str | None) -> str:
     return out
 
 
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def _decomposition_blocks(dec: Decomposition) -> list[Any]:
     """The decomposition section: the parts table, a legend of its numbers, each part's contexts, the usage map."""
     frame = dec.to_frame()
@@ -179,6 +183,7 @@ def _decomposition_blocks(dec: Decomposition) -> list[Any]:
         "<li><b>accuracy_drop</b>: how much top-1 accuracy falls on the part's predictions when it is ablated "
         "(-1 to 1; negative where ablating it helps); <b>accuracy_drop_others</b>: the same on all other "
         "predictions. NaN: no prediction uses the part most.</li>"
+        "<li><b>_low</b>, <b>_high</b>: the ends of a 95% BCa bootstrap interval over the corpus' sequences.</li>"
         "</ul>",
     ]
     for j, (p, c, lab) in enumerate(zip(dec.parts, dec.cores, dec.labels, strict=True)):
@@ -375,7 +380,9 @@ def report(
             "size": len(s),
             "task": ev.task,
             "faithfulness": ev.faithfulness,
+            "faithfulness 95%": _interval(ev.faithfulness_ci),
             "necessity": ev.necessity,
+            "necessity 95%": _interval(ev.necessity_ci),
             "accuracy drop": ev.accuracy_full - ev.accuracy_ablated,
             "largest drop elsewhere": max((ev.accuracy_drop_elsewhere or {}).values(), default=0.0),
             "components": " ".join(str(c) for c in sorted(s)),
@@ -393,6 +400,8 @@ def report(
         "the whole model.</li>"
         "<li><b>necessity</b>: the share lost when only the sub-model is ablated (above 1: more than ablating "
         "everything).</li>"
+        "<li><b>95%</b>: a BCa bootstrap interval over the task's prompts (the error bars below): where another "
+        "sample of prompts like these would put the value.</li>"
         "<li><b>accuracy drop</b> and <b>largest drop elsewhere</b>: top-1 accuracy lost on its own task and on "
         "the worst other task when it is ablated. Read them together: a sub-model that is faithful and necessary "
         "but also has a large drop elsewhere holds components every task needs (shared machinery), not a "

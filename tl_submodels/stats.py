@@ -42,7 +42,7 @@ __all__ = [
 
 # resamples: between seeds, a 95% BCa interval's ends jitter by 1-6% of its width (measured on 64 skewed values)
 DEFAULT_N_BOOT = 1000
-COLUMNS_PER_PRODUCT = 1 << 16  # components bootstrapped per matrix product (bounds [n_boot, columns] in memory)
+COLUMNS_PER_PRODUCT = 4096  # components per product: bounds the [n_boot, columns] and [n, k, columns] arrays
 
 Interval = tuple[float, float]
 

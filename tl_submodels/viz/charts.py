@@ -33,7 +33,8 @@ __all__ = [
 def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
     """Heads' scores as a layer x head heat map (per-position scores: one row per head, one column per position).
 
-    z is the normalised score (1 = the whole clean-corrupt gap), centred on 0; hover shows the raw metric.
+    z is the normalised score (1 = the whole clean-corrupt gap), centred on 0; hover shows its bootstrap
+    interval where the scores carry one (``Scores.with_intervals``).
 
     Example:
         >>> fig = tls.viz.scores_heatmap(tls.patch(model, task))  # doctest: +SKIP
@@ -45,7 +46,8 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
     if heads.ndim == 2:
         n_layers, n_heads = heads.shape
         x, y = [f"H{h}" for h in range(n_heads)], [f"L{layer}" for layer in range(n_layers)]
-        fig.add_trace(diverging_heatmap(heads, x, y, "%{y}%{x}: %{z:.3f}<extra></extra>"))
+        fig.add_trace(diverging_heatmap(heads, x, y, "%{y}%{x}: %{z:.3f}" + _ci_hover(scores) + "<extra></extra>"))
+        _ci_data(fig, scores, lambda t: t)
         fig.update_layout(
             xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed", height=max(260, 120 + 50 * n_layers)
         )
@@ -53,9 +55,31 @@ def scores_heatmap(scores: Any, *, title: str | None = None) -> go.Figure:
         n_layers, n_pos, n_heads = heads.shape
         z = heads.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos)
         y = [f"L{layer}H{h}" for layer in range(n_layers) for h in range(n_heads)]
-        fig.add_trace(diverging_heatmap(z, list(range(n_pos)), y, "%{y} @ %{x}: %{z:.3f}<extra></extra>"))
+        hover = "%{y} @ %{x}: %{z:.3f}" + _ci_hover(scores) + "<extra></extra>"
+        fig.add_trace(diverging_heatmap(z, list(range(n_pos)), y, hover))
+        _ci_data(fig, scores, lambda t: t.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos))
         fig.update_layout(xaxis_title="position", yaxis_title="head", yaxis_autorange="reversed")
     return fig
+
+
+def _ci_hover(scores: Any) -> str:
+    return "" if getattr(scores, "heads_ci", None) is None else " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+
+
+def _ci_data(fig: go.Figure, scores: Any, arrange: Any) -> None:
+    """The heads' interval ends as the heat map's customdata (``[row, column, 2]``), laid out as ``arrange`` lays z."""
+    ci = getattr(scores, "heads_ci", None)
+    if ci is not None:
+        fig.data[-1].customdata = torch.stack([arrange(ci[0]), arrange(ci[1])], -1).numpy()
+
+
+def _error_y(values: list[float], intervals: list[tuple[float, float] | None]) -> dict[str, Any] | None:
+    """plotly asymmetric error bars from intervals (None where there are none)."""
+    if all(ci is None for ci in intervals):
+        return None
+    up = [0.0 if ci is None else ci[1] - v for v, ci in zip(values, intervals, strict=True)]
+    down = [0.0 if ci is None else v - ci[0] for v, ci in zip(values, intervals, strict=True)]
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
 
 
 def neuron_strips(scores: Any, *, top: int = 5, title: str | None = None) -> go.Figure:
@@ -90,9 +114,17 @@ def mlp_bars(scores: Any, *, title: str | None = None) -> go.Figure:
     mlps = need_scores(scores, "mlps")
     fig = figure(title or f"{scores.method} scores of the MLP layers on {scores.task}", height=320)
     if mlps.ndim == 1:
+        ci = getattr(scores, "mlps_ci", None)
+        values = mlps.tolist()
+        intervals: list[tuple[float, float] | None] = [None] * len(values)
+        if ci is not None:
+            intervals = list(zip(ci[0].tolist(), ci[1].tolist(), strict=True))
         fig.add_trace(
             go.Bar(
-                x=[f"MLP{i}" for i in range(len(mlps))], y=to_numpy(mlps), hovertemplate="%{x}: %{y:.3f}<extra></extra>"
+                x=[f"MLP{i}" for i in range(len(mlps))],
+                y=to_numpy(mlps),
+                hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+                error_y=_error_y(values, intervals),
             )
         )
         fig.update_layout(xaxis_title="MLP layer", yaxis_title="score")
@@ -237,8 +269,9 @@ def plot_usage(usage: Any) -> go.Figure:
 
 
 def evaluation_bars(evaluations: Any, *, title: str = "Sub-model evaluation (ablation)") -> go.Figure:
-    """Faithfulness, necessity and accuracies (full, kept, ablated) of one or more Evaluations, grouped by sub-model;
-    the largest accuracy drop on other tasks where specificity was measured.
+    """Faithfulness, necessity and accuracies (full, kept, ablated) of one or more Evaluations, grouped by sub-model,
+    with their bootstrap intervals as error bars; the largest accuracy drop on other tasks where specificity was
+    measured; the median faithfulness of random sub-models of the same size where baselines were measured.
 
     Example:
         >>> fig = tls.viz.evaluation_bars([tls.evaluate(model, c, task) for c in circuits])  # doctest: +SKIP
@@ -256,7 +289,19 @@ def evaluation_bars(evaluations: Any, *, title: str = "Sub-model evaluation (abl
     ]
     fig = figure(title, barmode="group")
     for key, label in fields:
-        fig.add_trace(go.Bar(name=label, x=x, y=[getattr(e, key) for e in evs]))
+        values = [getattr(e, key) for e in evs]
+        error = _error_y(values, [getattr(e, f"{key}_ci", None) for e in evs])
+        fig.add_trace(go.Bar(name=label, x=x, y=values, error_y=error))
+    if any(e.baselines is not None for e in evs):
+        fig.add_trace(
+            go.Scatter(
+                name="random sub-models of its size (median faithfulness)",
+                x=x,
+                y=[None if e.baselines is None else float(e.baselines.faithfulness.median()) for e in evs],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 28, "color": PALETTE[-1]},
+            )
+        )
     if any(e.accuracy_drop_elsewhere for e in evs):
         fig.add_trace(
             go.Bar(
