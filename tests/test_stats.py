@@ -128,9 +128,10 @@ def test_zoo_circuits_beat_their_random_baselines(zoo_model):
     gt = tls.zoo.info("induction-2l")["ground_truth"]
     cases = [("induction-2l", "induction", gt["previous_token_heads"] + gt["induction_heads"])]
     cases += [("multitask-3l", task, planted[task]) for task in multitask.TASKS]
+    cases += [("harmful-3l", "backdoor", planted["backdoor"])]
     for name, task, members in cases:
         model = zoo_model(name)
-        ev = tls.evaluate(model, members, tls.zoo.task(name, task, n=64), baselines=100, n_boot=None)
+        ev = tls.evaluate(model, members, tls.zoo.task(name, task, n=64, model=model), baselines=100, n_boot=None)
         assert ev.baselines is not None and len(ev.baselines.faithfulness) == 100
         assert ev.baseline_percentile is not None and ev.baseline_percentile >= 99, (task, ev)
         assert ev.faithfulness > float(ev.baselines.faithfulness.max()) or ev.baseline_percentile == 100
