@@ -251,10 +251,6 @@ class _Boot(NamedTuple):
         return float(low), float(high)
 
 
-def _faithfulness(kept: Tensor, nothing: Tensor, full: Tensor) -> Tensor:
-    return (kept - nothing) / (full - nothing)
-
-
 def _ratio(total: Tensor, count: Tensor) -> Tensor:
     return total / count
 
@@ -572,7 +568,7 @@ def _evaluate(
     faith_ci = None
     if not math.isnan(faith):
         columns, rows = probe.faithfulness_columns(frozenset(extent), j)
-        faith_ci = boot.interval(columns, rows, _faithfulness)
+        faith_ci = boot.interval(columns, rows, stats.faithfulness)
     return PartEvaluation(
         faithfulness_ci=faith_ci,
         loss_increase_ci=boot.interval(torch.stack([(fx.logprob - lp)[mine].double(), ones], 1), seq, _ratio),

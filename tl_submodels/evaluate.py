@@ -196,10 +196,6 @@ def _necessity(full: Tensor, removed: Tensor, nothing: Tensor) -> Tensor:
     return (full - removed) / (full - nothing)
 
 
-def _faithfulness(kept: Tensor, nothing: Tensor, full: Tensor) -> Tensor:
-    return (kept - nothing) / (full - nothing)
-
-
 def _mean(x: Tensor) -> Tensor:
     return x
 
@@ -332,7 +328,7 @@ def evaluate(
     if n_boot is not None:
         columns = torch.stack([kept_run.metric, own.nothing.metric, own.full.metric], 1)
         intervals = {
-            "faithfulness_ci": _pair(stats.bca(columns, _faithfulness, n_boot=n_boot, level=level, seed=seed)),
+            "faithfulness_ci": _pair(stats.bca(columns, stats.faithfulness, n_boot=n_boot, level=level, seed=seed)),
             "necessity_ci": own.interval(n_boot, level, seed),
             "accuracy_full_ci": _mean_ci(own.full.accuracy, n_boot, level, seed),
             "accuracy_kept_ci": _mean_ci(kept_run.accuracy, n_boot, level, seed),
